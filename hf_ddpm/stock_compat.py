@@ -1,0 +1,27 @@
+"""Save configs under stock diffusers class names, so shared checkpoints load without hf_ddpm installed.
+
+diffusers writes `_class_name` from the Python class and names each pipeline component by its module
+(`["hf_ddpm.unet", "DDPMUNet2DModel"]`); stock `DiffusionPipeline.from_pretrained` cannot load either. Every
+hf_ddpm class only adds behaviour on top of a stock class and keeps the stock config keys, so it saves itself as
+that stock class.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class StockConfigMixin:
+    """Mixin for ConfigMixin subclasses: serialize `_class_name` (and pipeline components) as stock diffusers."""
+
+    _stock_class_name: str  # the diffusers class this one extends, e.g. "UNet2DModel"
+
+    def to_json_string(self) -> str:
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = self._stock_class_name
+        for name, value in config.items():
+            is_component = isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+            stock_name = getattr(getattr(self, name, None), "_stock_class_name", None) if is_component else None
+            if stock_name is not None:
+                config[name] = ["diffusers", stock_name]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# All set-up on a fresh machine: the offline default data (Debian's Fashion-MNIST) and hf-ddpm with its test
+# extras on PyTorch's CPU build. Safe to re-run: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "warning: Fashion-MNIST is missing; run 'sudo apt-get install dataset-fashion-mnist' for the default data" >&2
+  fi
+fi
+
+# An unpinned torch resolves to a multi-GB CUDA build; take the CPU build unless some torch is installed already.
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
