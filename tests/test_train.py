@@ -89,6 +89,11 @@ def test_run_writes_stock_loadable_ema_pipeline_checkpoints_and_logs(reference_r
     index = json.loads((pipeline / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DModel"]
     assert (pipeline / "samples.png").stat().st_size > 0
+    card = (pipeline / "README.md").read_text()
+    assert "library_name: diffusers" in card and "samples.png" in card
+    facts = json.loads((pipeline / "training_config.json").read_text())
+    assert facts["train_batch_size"] == 4 and facts["max_train_steps"] == 12 and facts["dataset"] == "fashion_mnist"
+    assert str(reference_run) not in json.dumps(facts)  # no local paths in what gets published
     assert sorted(p.name for p in (reference_run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
     ema = load_file(reference_run / "checkpoints" / "checkpoint-12" / "unet_ema" / "diffusion_pytorch_model.safetensors")
     raw = load_file(reference_run / "checkpoints" / "checkpoint-12" / "model.safetensors")

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 import hf_ddpm
 from hf_ddpm.data import ArrayImages, ImageDataset, load_fashion_mnist, load_image_dataset
+from hf_ddpm.hub import push_pipeline, write_model_card
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 logger = get_logger(__name__)
@@ -238,7 +239,7 @@ def main(config: TrainConfig) -> None:
     unet = accelerator.unwrap_model(model)
     # The loop's position, saved in checkpoints; the loss of the current log interval travels along so a
     # resumed run logs the very same values.
-    state = {"global_step": 0, "steps_since_log": 0, "loss_sum": 0.0}
+    state = {"global_step": 0, "steps_since_log": 0, "loss_sum": 0.0, "train_seconds": 0.0}
     loss_sum = torch.zeros((), device=accelerator.device)
 
     def checked_mean_loss() -> float:
@@ -326,7 +327,7 @@ def main(config: TrainConfig) -> None:
         dataset.set_epoch(epoch)
         batches = iter(epoch_loader(dataset, config, epoch, first_step, last_step, world, rank))
         for _ in range(first_step, last_step):
-            step = state["global_step"]
+            step, step_start = state["global_step"], time.perf_counter()
             # This step's draws for the whole global batch, so every process layout sees the same ones.
             rng = seeded_generator(config.seed, "step", step)
             noise = torch.randn((global_batch, unet.config.in_channels, *dataset.image_size), generator=rng)
@@ -361,6 +362,7 @@ def main(config: TrainConfig) -> None:
                 ema.step(unet.parameters())
             state["global_step"] = step = step + 1
             state["steps_since_log"] += 1
+            state["train_seconds"] += time.perf_counter() - step_start
             window_images += global_batch
             progress.update(1)
 
@@ -400,7 +402,13 @@ def main(config: TrainConfig) -> None:
 
     # ------------------------------------------------------------------------------------------ saving
     if accelerator.is_main_process:
-        save_final_pipeline(unet, ema, noise_scheduler, config, pipeline_dir, world, accelerator.device)
+        save_final_pipeline(unet, ema, noise_scheduler, config, pipeline_dir)
+        facts = training_facts(config, unet, noise_scheduler, world, global_batch, state["train_seconds"])
+        write_model_card(pipeline_dir, training=facts, dataset=facts["dataset"], repo_id=config.hub_model_id)
+        if config.push_to_hub:  # only the pipeline folder goes up: never checkpoints or logs
+            url = push_pipeline(pipeline_dir, config.hub_model_id or output_dir.resolve().name, token=config.hub_token,
+                                private=config.hub_private_repo)
+            logger.info(f"pushed {pipeline_dir} to {url}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -543,7 +551,32 @@ def evaluate_bpd(unet, ema, noise_scheduler, images: torch.Tensor, config: Train
         return likelihood(images, generator=torch.Generator(unet.device).manual_seed(config.seed)).bpd.mean().item()
 
 
-def save_final_pipeline(unet, ema, noise_scheduler, config: TrainConfig, pipeline_dir: Path, world: int, device) -> None:
+def training_facts(config: TrainConfig, unet, noise_scheduler, world: int, global_batch: int, seconds: float) -> dict:
+    """What the model card reports about this run (no paths or secrets: the card is public)."""
+    dataset = config.dataset_name or (Path(config.train_data_dir or config.idx_images or "").name or "fashion_mnist")
+    if torch.cuda.is_available():
+        hardware = f"{world} x {torch.cuda.get_device_name()}"
+    else:
+        hardware = f"{world} x CPU process ({torch.get_num_threads()} threads each)"
+    scheduler_config = noise_scheduler.config
+    return {
+        "dataset": dataset, "dataset_config": config.dataset_config_name, "resolution": unet.config.sample_size,
+        "channels": unet.config.in_channels, "unet_preset": None if config.model_config_name_or_path else config.model_preset,
+        "num_parameters": sum(p.numel() for p in unet.parameters()), "beta_schedule": scheduler_config.beta_schedule,
+        "num_train_timesteps": scheduler_config.num_train_timesteps, "prediction_type": scheduler_config.prediction_type,
+        "variance_type": scheduler_config.variance_type, "loss_type": config.loss_type,
+        "loss_weighting": config.loss_weighting, "max_train_steps": config.max_train_steps,
+        "train_batch_size": global_batch, "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "learning_rate": config.learning_rate, "lr_warmup_steps": config.lr_warmup_steps,
+        "adam_beta1": config.adam_beta1, "adam_beta2": config.adam_beta2, "adam_weight_decay": config.adam_weight_decay,
+        "max_grad_norm": config.max_grad_norm, "dropout": unet.config.dropout, "use_ema": config.use_ema,
+        "ema_decay": config.ema_max_decay if config.use_ema else None, "mixed_precision": config.mixed_precision,
+        "hardware": hardware, "num_processes": world, "training_time_hours": round(seconds / 3600, 3),
+        "seed": config.seed, "random_flip": config.random_flip,
+    }
+
+
+def save_final_pipeline(unet, ema, noise_scheduler, config: TrainConfig, pipeline_dir: Path) -> None:
     """The EMA pipeline as safetensors with a sample grid, written beside and renamed into place when complete."""
     if ema is not None:
         ema.copy_to(unet.parameters())  # training is over: the shared model is the EMA one
