@@ -166,6 +166,8 @@ def main(config: TrainConfig) -> None:
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = config.train_batch_size * world * config.gradient_accumulation_steps
     resume_from = resolve_resume(config, checkpoint_dir, pipeline_dir)
+    if accelerator.is_main_process:
+        check_writable(output_dir)
 
     # -------------------------------------------------------------------------------------------- model
     if config.model_config_name_or_path:
@@ -276,23 +278,35 @@ def main(config: TrainConfig) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
     def save_checkpoint() -> None:
-        """Write checkpoint-<step> atomically: into a hidden folder, renamed once complete and synced to disk."""
+        """Write checkpoint-<step> atomically: into a hidden folder, renamed once complete and synced to disk.
+
+        A failed write (disk full, permissions) stops the run with the previous checkpoints untouched.
+        """
         final = checkpoint_dir / f"checkpoint-{state['global_step']}"
         partial = checkpoint_dir / f".partial-checkpoint-{state['global_step']}"
-        if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)  # debris of a run killed while writing
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial), safe_serialization=True)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            fsync_tree(partial)
-            if final.exists():  # the same step saved by an earlier attempt of this run: identical by construction
-                shutil.rmtree(final)
-            os.replace(partial, final)
-            fsync_tree(checkpoint_dir, files=False)
-            prune_checkpoints(checkpoint_dir, config.checkpoints_total_limit)
-            logger.info(f"saved {final}")
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)  # debris of a run killed while writing
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(partial), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                fsync_tree(partial)
+                if final.exists():  # the same step saved by an earlier attempt of this run: identical by construction
+                    shutil.rmtree(final)
+                os.replace(partial, final)
+                fsync_tree(checkpoint_dir, files=False)
+                prune_checkpoints(checkpoint_dir, config.checkpoints_total_limit)
+                logger.info(f"saved {final}")
+        except OSError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            kept = [p.name for p in complete_checkpoints(checkpoint_dir)]
+            raise SystemExit(
+                f"error: could not write {final.name} ({error.strerror or error}); earlier checkpoints are intact "
+                f"({', '.join(kept) or 'none yet'}): free space or fix permissions on {checkpoint_dir}, then rerun "
+                "with --resume_from_checkpoint latest."
+            ) from None
         accelerator.wait_for_everyone()
 
     if resume_from is not None:
@@ -317,92 +331,96 @@ def main(config: TrainConfig) -> None:
     signal.signal(signal.SIGINT, request_stop)
 
     # -------------------------------------------------------------------------------------------- loop
-    progress = tqdm(total=config.max_train_steps, initial=state["global_step"], desc="train",
-                    disable=not accelerator.is_local_main_process)
-    window_start, window_images = time.perf_counter(), 0
-    model.train()
-    while state["global_step"] < config.max_train_steps:
-        epoch, first_step = divmod(state["global_step"], steps_per_epoch)
-        last_step = min(steps_per_epoch, first_step + config.max_train_steps - state["global_step"])
-        dataset.set_epoch(epoch)
-        batches = iter(epoch_loader(dataset, config, epoch, first_step, last_step, world, rank))
-        for _ in range(first_step, last_step):
-            step, step_start = state["global_step"], time.perf_counter()
-            # This step's draws for the whole global batch, so every process layout sees the same ones.
-            rng = seeded_generator(config.seed, "step", step)
-            noise = torch.randn((global_batch, unet.config.in_channels, *dataset.image_size), generator=rng)
-            timesteps = torch.randint(0, T, (global_batch,), generator=rng)
-            flips = torch.rand(global_batch, generator=rng) < 0.5
-            torch.manual_seed(derive_seed(config.seed, "dropout", step, rank))
+    with tqdm(total=config.max_train_steps, initial=state["global_step"], desc="train",
+              disable=not accelerator.is_local_main_process) as progress:  # closed before any error is printed
+        window_start, window_images = time.perf_counter(), 0
+        model.train()
+        while state["global_step"] < config.max_train_steps:
+            epoch, first_step = divmod(state["global_step"], steps_per_epoch)
+            last_step = min(steps_per_epoch, first_step + config.max_train_steps - state["global_step"])
+            dataset.set_epoch(epoch)
+            batches = iter(epoch_loader(dataset, config, epoch, first_step, last_step, world, rank))
+            for _ in range(first_step, last_step):
+                step, step_start = state["global_step"], time.perf_counter()
+                # This step's draws for the whole global batch, so every process layout sees the same ones.
+                rng = seeded_generator(config.seed, "step", step)
+                noise = torch.randn((global_batch, unet.config.in_channels, *dataset.image_size), generator=rng)
+                timesteps = torch.randint(0, T, (global_batch,), generator=rng)
+                flips = torch.rand(global_batch, generator=rng) < 0.5
+                torch.manual_seed(derive_seed(config.seed, "dropout", step, rank))
 
-            for micro in range(config.gradient_accumulation_steps):
-                mine = slice((micro * world + rank) * config.train_batch_size, (micro * world + rank + 1) * config.train_batch_size)
-                clean = next(batches)["pixel_values"]
-                if config.random_flip:
-                    clean = torch.where(flips[mine].view(-1, 1, 1, 1), clean.flip(-1), clean)
-                clean = clean.to(accelerator.device)
-                eps, t = noise[mine].to(accelerator.device), timesteps[mine].to(accelerator.device)
-                noisy = noise_scheduler.q_sample(clean, t, eps)  # in fp32: noise is never added in half precision
-                syncing = micro == config.gradient_accumulation_steps - 1
-                with nullcontext() if syncing else accelerator.no_sync(model):
-                    model_output = model(noisy, t).sample.float()
-                    losses = noise_scheduler.training_losses(
-                        model_output, clean, noisy, eps, t, config.loss_type, config.loss_weighting,
-                        config.snr_gamma, config.p2_k, config.p2_gamma,
-                    )
-                    loss = losses["loss"].mean() / config.gradient_accumulation_steps
-                    accelerator.backward(loss)
-                loss_sum += loss.detach()
+                for micro in range(config.gradient_accumulation_steps):
+                    mine = slice((micro * world + rank) * config.train_batch_size, (micro * world + rank + 1) * config.train_batch_size)
+                    clean = next(batches)["pixel_values"]
+                    if config.random_flip:
+                        clean = torch.where(flips[mine].view(-1, 1, 1, 1), clean.flip(-1), clean)
+                    clean = clean.to(accelerator.device)
+                    eps, t = noise[mine].to(accelerator.device), timesteps[mine].to(accelerator.device)
+                    noisy = noise_scheduler.q_sample(clean, t, eps)  # in fp32: noise is never added in half precision
+                    syncing = micro == config.gradient_accumulation_steps - 1
+                    with nullcontext() if syncing else accelerator.no_sync(model):
+                        model_output = model(noisy, t).sample.float()
+                        losses = noise_scheduler.training_losses(
+                            model_output, clean, noisy, eps, t, config.loss_type, config.loss_weighting,
+                            config.snr_gamma, config.p2_k, config.p2_gamma,
+                        )
+                        loss = losses["loss"].mean() / config.gradient_accumulation_steps
+                        accelerator.backward(loss)
+                    loss_sum += loss.detach()
 
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(unet.parameters())
-            state["global_step"] = step = step + 1
-            state["steps_since_log"] += 1
-            state["train_seconds"] += time.perf_counter() - step_start
-            window_images += global_batch
-            progress.update(1)
-
-            is_checkpoint_step = step % config.checkpointing_steps == 0 or step == config.max_train_steps
-            # The stop flag is agreed on by all processes at log steps (a collective); alone, at every step.
-            stop_now = (world == 1 or step % config.logging_steps == 0) and stop_requested(accelerator, stop_signal)
-            if step % config.logging_steps == 0 or step == config.max_train_steps:
-                mean_loss = checked_mean_loss()  # one host sync per log interval
-                throughput = window_images / (time.perf_counter() - window_start)
-                logs = {"train/loss": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0],
-                        "train/grad_norm": float(grad_norm), "train/images_per_sec": throughput}
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
-                    logs["train/ema_decay"] = ema.cur_decay_value
-                accelerator.log(logs, step=step)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{throughput:.1f}")
-                loss_sum.zero_()
-                state["steps_since_log"], window_start, window_images = 0, time.perf_counter(), 0
-            if is_checkpoint_step or stop_now:
-                checked_mean_loss()  # a NaN/Inf never reaches a checkpoint
-                state["loss_sum"] = accelerator.reduce(loss_sum, reduction="mean").item()
-                save_checkpoint()
-            if stop_now:
-                logger.info(f"stopped by signal {stop_signal['signum']} at step {step}: resume with --resume_from_checkpoint latest")
-                accelerator.end_training()
-                sys.exit(128 + stop_signal["signum"])
-            if accelerator.is_main_process and step % config.save_images_steps == 0:
-                grid = sample_grid(unet, ema, noise_scheduler, config)
-                (output_dir / "samples").mkdir(exist_ok=True)
-                grid.save(output_dir / "samples" / f"step-{step:07d}.png")
-                accelerator.get_tracker("tensorboard", unwrap=True).add_image(
-                    "samples", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
-                window_start = time.perf_counter()  # keep sampling time out of the throughput
-            if eval_images is not None and step % config.eval_steps == 0 and accelerator.is_main_process:
-                accelerator.log({"eval/bpd": evaluate_bpd(unet, ema, noise_scheduler, eval_images, config)}, step=step)
-                window_start = time.perf_counter()
-    progress.close()
+                    ema.step(unet.parameters())
+                state["global_step"] = step = step + 1
+                state["steps_since_log"] += 1
+                state["train_seconds"] += time.perf_counter() - step_start
+                window_images += global_batch
+                progress.update(1)
+
+                is_checkpoint_step = step % config.checkpointing_steps == 0 or step == config.max_train_steps
+                # The stop flag is agreed on by all processes at log steps (a collective); alone, at every step.
+                stop_now = (world == 1 or step % config.logging_steps == 0) and stop_requested(accelerator, stop_signal)
+                if step % config.logging_steps == 0 or step == config.max_train_steps:
+                    mean_loss = checked_mean_loss()  # one host sync per log interval
+                    throughput = window_images / (time.perf_counter() - window_start)
+                    logs = {"train/loss": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0],
+                            "train/grad_norm": float(grad_norm), "train/images_per_sec": throughput}
+                    if ema is not None:
+                        logs["train/ema_decay"] = ema.cur_decay_value
+                    accelerator.log(logs, step=step)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{throughput:.1f}")
+                    loss_sum.zero_()
+                    state["steps_since_log"], window_start, window_images = 0, time.perf_counter(), 0
+                if is_checkpoint_step or stop_now:
+                    checked_mean_loss()  # a NaN/Inf never reaches a checkpoint
+                    state["loss_sum"] = accelerator.reduce(loss_sum, reduction="mean").item()
+                    save_checkpoint()
+                if stop_now:
+                    logger.info(f"stopped by signal {stop_signal['signum']} at step {step}: resume with --resume_from_checkpoint latest")
+                    accelerator.end_training()
+                    sys.exit(128 + stop_signal["signum"])
+                if accelerator.is_main_process and step % config.save_images_steps == 0:
+                    grid = sample_grid(unet, ema, noise_scheduler, config)
+                    (output_dir / "samples").mkdir(exist_ok=True)
+                    grid.save(output_dir / "samples" / f"step-{step:07d}.png")
+                    accelerator.get_tracker("tensorboard", unwrap=True).add_image(
+                        "samples", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+                    window_start = time.perf_counter()  # keep sampling time out of the throughput
+                if eval_images is not None and step % config.eval_steps == 0 and accelerator.is_main_process:
+                    accelerator.log({"eval/bpd": evaluate_bpd(unet, ema, noise_scheduler, eval_images, config)}, step=step)
+                    window_start = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ saving
     if accelerator.is_main_process:
-        save_final_pipeline(unet, ema, noise_scheduler, config, pipeline_dir)
+        try:
+            save_final_pipeline(unet, ema, noise_scheduler, config, pipeline_dir)
+        except OSError as error:
+            shutil.rmtree(pipeline_dir.with_name(".partial-pipeline"), ignore_errors=True)
+            raise SystemExit(f"error: could not write the final pipeline ({error.strerror or error}); the final checkpoint "
+                             "is intact: free space, then rerun with --resume_from_checkpoint latest.") from None
         facts = training_facts(config, unet, noise_scheduler, world, global_batch, state["train_seconds"])
         write_model_card(pipeline_dir, training=facts, dataset=facts["dataset"], repo_id=config.hub_model_id)
         if config.push_to_hub:  # only the pipeline folder goes up: never checkpoints or logs
@@ -456,12 +474,15 @@ def stop_requested(accelerator: Accelerator, stop_signal: dict) -> bool:
     return False
 
 
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """checkpoint-<step> folders holding their final file, oldest first (partial writes have other names)."""
+    found = [p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / TRAINING_STATE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
 def resolve_resume(config: TrainConfig, checkpoint_dir: Path, pipeline_dir: Path) -> Path | None:
     """The checkpoint to resume from, refusing to silently start over on top of an earlier run."""
-    complete = sorted(
-        (p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / TRAINING_STATE).exists()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
+    complete = complete_checkpoints(checkpoint_dir)
     if config.resume_from_checkpoint is None:
         if (complete or pipeline_dir.exists()) and not config.overwrite_output_dir:
             raise SystemExit(
@@ -478,6 +499,18 @@ def resolve_resume(config: TrainConfig, checkpoint_dir: Path, pipeline_dir: Path
     if not (path / TRAINING_STATE).exists():
         raise SystemExit(f"error: {path} is not a complete checkpoint (no {TRAINING_STATE}): pick one of {[p.name for p in complete]}.")
     return path
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fail at start, not at the first checkpoint, when the output folder cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"error: cannot write to --output_dir {output_dir} ({error.strerror or error}): "
+                         "choose a writable folder.") from None
 
 
 def fsync_tree(folder: Path, files: bool = True) -> None:
@@ -497,9 +530,7 @@ def prune_checkpoints(checkpoint_dir: Path, keep: int | None) -> None:
         shutil.rmtree(debris)
     if not keep:
         return
-    complete = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                      key=lambda p: int(p.name.split("-")[-1]))
-    for old in complete[:-keep]:
+    for old in complete_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(old)
 
 
