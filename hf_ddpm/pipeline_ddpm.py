@@ -20,7 +20,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .scheduling_ddpm import DDPMScheduler
-from .stock_compat import StockConfigMixin
+from .stock_compat import StockConfigMixin, load_safetensors_only
 
 
 @dataclass
@@ -61,6 +61,11 @@ class DDPMPipelineMixin(StockConfigMixin):
         if not isinstance(scheduler, DDPMScheduler):  # e.g. a stock DDPMScheduler loaded from a shared repo
             scheduler = DDPMScheduler.from_config(scheduler.config)
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, restricted to safetensors unless `use_safetensors=False` is passed explicitly."""
+        return load_safetensors_only(super().from_pretrained, pretrained_model_name_or_path, **kwargs)
 
     def _check_sample_shape(self, images: torch.Tensor) -> None:
         size = self.unet.config.sample_size

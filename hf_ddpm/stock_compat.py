@@ -25,3 +25,21 @@ class StockConfigMixin:
             if stock_name is not None:
                 config[name] = ["diffusers", stock_name]
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def load_safetensors_only(load, pretrained_model_name_or_path, **kwargs):
+    """Call a diffusers `from_pretrained` with safetensors required unless the caller opts out explicitly.
+
+    Pickle weights (.bin/.pt) execute code when loaded, so they are read only with `use_safetensors=False`.
+    """
+    kwargs.setdefault("use_safetensors", True)
+    try:
+        return load(pretrained_model_name_or_path, **kwargs)
+    except OSError as error:
+        if not kwargs["use_safetensors"] or ".safetensors" not in str(error):
+            raise
+        raise OSError(
+            f"{pretrained_model_name_or_path} has no safetensors weights, and hf_ddpm does not unpickle weight files "
+            "(they can run code): re-save them with save_pretrained(..., safe_serialization=True), or pass "
+            "use_safetensors=False if you trust their source."
+        ) from None

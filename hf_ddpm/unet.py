@@ -17,7 +17,7 @@ import inspect
 
 from diffusers import UNet2DModel
 
-from .stock_compat import StockConfigMixin
+from .stock_compat import StockConfigMixin, load_safetensors_only
 
 # Settings every preset shares, chosen to reproduce the paper's network in diffusers' building blocks.
 _PAPER_UNET = {
@@ -85,6 +85,11 @@ class DDPMUNet2DModel(StockConfigMixin, UNet2DModel):
     """UNet2DModel plus the paper's presets (`from_preset`) and learned-variance output channels."""
 
     _stock_class_name = "UNet2DModel"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, restricted to safetensors unless `use_safetensors=False` is passed explicitly."""
+        return load_safetensors_only(super().from_pretrained, pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def preset_config(cls, name: str, learned_variance: bool = False, **overrides) -> dict:

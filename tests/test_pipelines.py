@@ -167,3 +167,13 @@ def test_pipeline_input_errors(pipe):
         likelihood(torch.full((1, 1, 28, 28), 3.0))
     with pytest.raises(ValueError, match=r"images must have shape \[B, 1, H, W\]"):
         likelihood(torch.zeros(1, 3, 28, 28))
+
+
+def test_pickle_weights_load_only_on_explicit_opt_in(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(OSError, match="has no safetensors weights, and hf_ddpm does not unpickle"):
+        DDPMPipeline.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="use_safetensors=False if you trust their source"):
+        DDPMUNet2DModel.from_pretrained(tmp_path / "unet")
+    assert isinstance(DDPMPipeline.from_pretrained(tmp_path, use_safetensors=False).unet, diffusers.UNet2DModel)
