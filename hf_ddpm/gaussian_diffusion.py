@@ -50,15 +50,19 @@ class GaussianDiffusion:
         self.num_timesteps = T = betas.numel()
 
         alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        # Through logs: 1 - abar_t as -expm1(log abar_t) keeps full relative precision where abar_t ~ 1 (small t).
+        log_alphas_cumprod = torch.cumsum(torch.log1p(-betas), dim=0)
+        alphas_cumprod = torch.exp(log_alphas_cumprod)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        one_minus_alphas_cumprod = 1.0 - alphas_cumprod
+        one_minus_alphas_cumprod = -torch.expm1(log_alphas_cumprod)
         # beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t), eq. 7; beta~_0 = 0.
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / one_minus_alphas_cumprod
         # log beta~_0 = log 0, so the release "clips" it to beta~_1 (only the t = 0 decoder ever reads it).
         first_log_variance = posterior_variance[1] if T > 1 else betas[0]
         posterior_log_variance_clipped = torch.log(torch.cat([first_log_variance[None], posterior_variance[1:]]))
 
+        posterior_mean_coef1 = betas * alphas_cumprod_prev.sqrt() / one_minus_alphas_cumprod
+        posterior_mean_coef1[0] = 1.0  # beta_0 / (1 - abar_0) = 1 exactly: the last step returns x0_hat itself
         self.tables = {
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
@@ -66,12 +70,12 @@ class GaussianDiffusion:
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": one_minus_alphas_cumprod.sqrt(),
             "log_one_minus_alphas_cumprod": torch.log(one_minus_alphas_cumprod),
-            "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
-            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),  # rsqrt: finite even for subnormal abar
+            "sqrt_recipm1_alphas_cumprod": (one_minus_alphas_cumprod / alphas_cumprod).sqrt(),
             "snr": alphas_cumprod / one_minus_alphas_cumprod,
             "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": posterior_log_variance_clipped,
-            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / one_minus_alphas_cumprod,
+            "posterior_mean_coef1": posterior_mean_coef1,
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / one_minus_alphas_cumprod,
             "log_betas": torch.log(betas),
             # fixedlarge: sigma^2 = beta_t, but its log-variance uses beta~_1 at t = 0 (the release's decoder).

@@ -12,6 +12,7 @@ p_mean_variance, bits/dim, training losses), batched over timesteps, and fixes s
 - `step` took only a scalar timestep; here it also takes a [B] tensor of timesteps (one per sample).
 - Respaced or custom chains that stop above t = 0 added noise at their last step; here the last step of any
   chain returns the posterior mean, as in Improved DDPM's respacing.
+- `trailing` spacing could produce a timestep of -1 for some step counts (61 of 1000, say); it is dropped.
 - The paper's schedules (`quad`, `const`, `jsd`, `warmup10`, `warmup50`) and `cosine`, which stock does not
   know, are saved with their explicit `trained_betas` so stock diffusers rebuilds the same schedule.
 """
@@ -105,6 +106,8 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         if num_inference_steps is not None and not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
         super().set_timesteps(num_inference_steps, device, timesteps)
+        if (self.timesteps < 0).any():  # stock's "trailing" rounding can append t = -1 (e.g. 61 of 1000 steps)
+            self.timesteps = self.timesteps[self.timesteps >= 0]
         self._set_sampling_chain(self.timesteps.tolist())
 
     def _set_sampling_chain(self, timesteps: list[int]) -> None:
@@ -135,7 +138,10 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         """Map original timesteps to positions in the sampling chain: an int, or a [B] long tensor on the device."""
         if isinstance(timestep, torch.Tensor) and timestep.ndim > 0:
             self._check_batch(timestep, sample)
-            if timestep.device.type == "cpu" and (self._chain_position_table[timestep.clamp(0, len(self) - 1)] < 0).any():
+            if timestep.device.type == "cpu" and (
+                (timestep < 0).any() or (timestep >= len(self)).any()
+                or (self._chain_position_table[timestep.clamp(0, len(self) - 1)] < 0).any()
+            ):
                 raise ValueError(
                     f"timesteps {timestep.tolist()} are not all in the sampling chain: step() takes the values of "
                     "scheduler.timesteps after set_timesteps()."
