@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ("hf_ddpm.hub",)
+SUBCOMMAND_MODULES = ("hf_ddpm.hub", "hf_ddpm.evaluation", "hf_ddpm.plots")
 
 # What a user can fix by changing the command: reported as one line and exit status 2, without a traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)

@@ -10,8 +10,8 @@ bash scripts/setup.sh
 accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   training/train.py --config fashion_mnist_cpu --output_dir "$OUT" --resume_from_checkpoint latest "$@"
 # Small, CPU-sized evaluation: the numbers are for this demo, not comparable with the paper's 50k-sample FID.
-hf-ddpm evaluate "$OUT/pipeline" --dataset fashion_mnist --split test --num-samples 500 \
-  --num-inference-steps 250 --bpd-num-images 16 --max-reference-images 2000 --save-samples
+hf-ddpm evaluate "$OUT/pipeline" --dataset fashion_mnist --split test --num-samples 200 \
+  --num-inference-steps 250 --bpd-num-images 16 --max-reference-images 500
 hf-ddpm plot loss "$OUT/logs" --output "$OUT/pipeline/loss.png"
 hf-ddpm plot progressive "$OUT/pipeline" --num-inference-steps 250
 hf-ddpm plot schedule --pipeline "$OUT/pipeline" --output "$OUT/pipeline/schedule.png"

