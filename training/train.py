@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 import hf_ddpm
 from hf_ddpm.data import ArrayImages, ImageDataset, load_fashion_mnist, load_image_dataset
+from hf_ddpm.gaussian_diffusion import LOSS_TYPES, LOSS_WEIGHTINGS
 from hf_ddpm.hub import push_pipeline, write_model_card
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -149,7 +150,35 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
             parser.add_argument(f"--{name}", type=kind, default=default, metavar=name.upper())
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    return TrainConfig(**args)
+    config = TrainConfig(**args)
+    check_config(config)
+    return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject impossible settings before anything starts, with the option's name and what it accepts."""
+    at_least_one = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "logging_steps",
+                    "checkpointing_steps", "save_images_steps", "eval_batch_size", "ddpm_num_steps", "eval_num_images")
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name} must be an integer >= 1, got {getattr(config, name)}.")
+    for name in ("lr_warmup_steps", "dataloader_num_workers", "eval_steps"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(config, name)}.")
+    if not config.learning_rate > 0 or not config.max_grad_norm > 0:
+        raise ValueError("--learning_rate and --max_grad_norm must be positive.")
+    if not 0 <= config.ema_max_decay < 1:
+        raise ValueError(f"--ema_max_decay must lie in [0, 1), got {config.ema_max_decay}.")
+    choices = {"mixed_precision": ("no", "fp16", "bf16"), "loss_type": LOSS_TYPES,
+               "loss_weighting": tuple(w for w in LOSS_WEIGHTINGS if w), "model_preset": tuple(hf_ddpm.UNET_PRESETS)}
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value is not None and value not in allowed:
+            raise ValueError(f"--{name} {value!r} is not one of: {', '.join(allowed)}.")
+    if config.learned_variance and config.variance_type not in (None, "learned", "learned_range"):
+        raise ValueError(f"--learned_variance needs --variance_type learned or learned_range, not {config.variance_type!r}.")
+    if config.variance_type in ("learned", "learned_range") and not config.learned_variance:
+        raise ValueError(f"--variance_type {config.variance_type} needs a 2C-channel model: add --learned_variance.")
 
 
 def main(config: TrainConfig) -> None:
@@ -623,4 +652,7 @@ def save_final_pipeline(unet, ema, noise_scheduler, config: TrainConfig, pipelin
 
 
 if __name__ == "__main__":
-    main(parse_config())
+    try:
+        main(parse_config())
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {' '.join(str(error).split())}") from None
