@@ -18,33 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
 
 import hf_ddpm
 from hf_ddpm.evaluation import InceptionV3Features, resize_bilinear_tf1
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def interleaved(cases: dict, repeats: int, device) -> dict[str, float]:
-    times = {name: [] for name in cases}
-    for name, fn in cases.items():  # warm-up (allocator, TorchScript profiling runs)
-        fn()
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            times[name].append(timed(fn, device))
-    return {name: statistics.median(values) for name, values in times.items()}
+from timing import interleaved
 
 
 def bench_likelihood(args, device) -> dict:

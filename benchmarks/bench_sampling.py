@@ -12,23 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-
 import diffusers
 import torch
 
 import hf_ddpm
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+from timing import interleaved
 
 
 def main() -> None:
@@ -78,13 +66,7 @@ def main() -> None:
         "stock scheduler loop": scheduler_loop(diffusers.DDPMScheduler()),
         "hf_ddpm scheduler loop": scheduler_loop(hf_ddpm.DDPMScheduler()),
     }
-    for fn in cases.values():  # warm-up
-        fn()
-    times = {name: [] for name in cases}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every case alike
-        for name, fn in cases.items():
-            times[name].append(timed(fn, device))
-    median = {name: statistics.median(values) for name, values in times.items()}
+    median = interleaved(cases, args.repeats, device)
 
     same = torch.allclose(run(ours)().images, run(stock)().images, atol=1e-3) if dtype == torch.float32 else None
     overhead_ours = (median["hf_ddpm DDPMPipeline"] - median["bare UNet x steps"]) / args.steps
