@@ -72,7 +72,10 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         if trained_betas is not None:
-            betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
+            try:
+                betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise ValueError("trained_betas must be a sequence of numbers in (0, 1], one per timestep.") from None
             if betas.ndim != 1 or len(betas) != num_train_timesteps:
                 raise ValueError(
                     f"trained_betas has {betas.numel()} entries but num_train_timesteps={num_train_timesteps}: pass "
@@ -184,6 +187,7 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         `timestep` is an int / 0-d tensor (stock) or a [B] tensor, one timestep per sample. `variance_noise`
         replaces the drawn noise (e.g. to share it across a batch); `clip_sample` overrides the config.
         """
+        self._check_model_output(model_output, sample)
         position = self._chain_positions(timestep, sample)
         p = self._sampling_diffusion.p_mean_variance(model_output, sample, position, self._x0_processor(clip_sample))
         prev_sample = p["mean"]
@@ -237,6 +241,8 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
             return t.to(device=x.device, dtype=torch.long)
         if isinstance(t, float) and not t.is_integer():
             raise ValueError(f"timestep must be an integer, got {t!r}.")
+        if not isinstance(t, (int, float, np.integer, torch.Tensor)) or isinstance(t, bool):
+            raise ValueError(f"timesteps must be an int or an integer tensor of shape [batch], got {type(t).__name__}.")
         t = int(t)
         if not 0 <= t < T:
             raise ValueError(f"timestep must lie in [0, {T - 1}], got {t}.")

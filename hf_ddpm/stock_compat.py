@@ -9,6 +9,7 @@ that stock class.
 from __future__ import annotations
 
 import json
+import re
 
 
 class StockConfigMixin:
@@ -28,18 +29,32 @@ class StockConfigMixin:
 
 
 def load_safetensors_only(load, pretrained_model_name_or_path, **kwargs):
-    """Call a diffusers `from_pretrained` with safetensors required unless the caller opts out explicitly.
+    """Call a diffusers `from_pretrained` with safetensors required unless the caller opts out explicitly, and
+    turn diffusers' loading failures into one line that names the problem and its fix.
 
     Pickle weights (.bin/.pt) execute code when loaded, so they are read only with `use_safetensors=False`.
     """
     kwargs.setdefault("use_safetensors", True)
+    source = str(pretrained_model_name_or_path)
     try:
-        return load(pretrained_model_name_or_path, **kwargs)
+        return load(source, **kwargs)
     except OSError as error:
-        if not kwargs["use_safetensors"] or ".safetensors" not in str(error):
-            raise
-        raise OSError(
-            f"{pretrained_model_name_or_path} has no safetensors weights, and hf_ddpm does not unpickle weight files "
-            "(they can run code): re-save them with save_pretrained(..., safe_serialization=True), or pass "
-            "use_safetensors=False if you trust their source."
-        ) from None
+        message = " ".join(str(error).split())
+        unreadable = re.search(r"checkpoint file for '([^']+)'", message)
+        if unreadable:
+            raise OSError(
+                f"{unreadable.group(1)} is truncated or not a safetensors file: save the model again with "
+                "save_pretrained(..., safe_serialization=True), or download it again."
+            ) from None
+        if "no file named" in message and ".safetensors" in message and kwargs["use_safetensors"]:
+            raise OSError(
+                f"{source} has no safetensors weights, and hf_ddpm does not unpickle weight files (they can run "
+                "code): re-save them with save_pretrained(..., safe_serialization=True), or pass "
+                "use_safetensors=False if you trust their source."
+            ) from None
+        if "model_index.json" in message:
+            raise OSError(
+                f"{source} is not a saved pipeline ({message.split(':')[0].strip()}): pass a folder written by "
+                "save_pretrained, e.g. a training run's OUTPUT_DIR/pipeline."
+            ) from None
+        raise

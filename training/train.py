@@ -38,9 +38,10 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration
 from diffusers import UNet2DModel
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
+from huggingface_hub.utils import validate_repo_id
 from tqdm.auto import tqdm
 
 import hf_ddpm
@@ -134,10 +135,17 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         if not path.exists():
             names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
             raise SystemExit(f"error: --config {known.config!r} is neither a file nor a preset ({names}).")
-        preset = yaml.safe_load(path.read_text()) or {}
+        try:
+            preset = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise SystemExit(f"error: cannot read --config {path}: {' '.join(str(error).split())}; fix the YAML.") from None
+        if not isinstance(preset, dict):
+            raise SystemExit(f"error: {path} must hold `option: value` lines, not a {type(preset).__name__}.")
         unknown = sorted(set(preset) - set(fields))
         if unknown:
             raise SystemExit(f"error: {path} sets unknown options {unknown}; see `train.py --help`.")
+        for name, value in preset.items():
+            check_preset_type(path, name, value, fields[name].type)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a YAML preset: a file, or a name in training/configs/")
@@ -155,6 +163,17 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return config
 
 
+def check_preset_type(path: Path, name: str, value, annotation: str) -> None:
+    """YAML values skip argparse's conversion: check them against the option's type instead."""
+    if value is None and "None" in annotation:
+        return
+    expected = annotation.split(" |")[0]
+    ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool), "str": isinstance(value, str)}
+    if not ok[expected]:
+        raise SystemExit(f"error: {path} sets {name}: {value!r}, but {name} takes a {expected} value.")
+
+
 def check_config(config: TrainConfig) -> None:
     """Reject impossible settings before anything starts, with the option's name and what it accepts."""
     at_least_one = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "logging_steps",
@@ -170,6 +189,7 @@ def check_config(config: TrainConfig) -> None:
     if not 0 <= config.ema_max_decay < 1:
         raise ValueError(f"--ema_max_decay must lie in [0, 1), got {config.ema_max_decay}.")
     choices = {"mixed_precision": ("no", "fp16", "bf16"), "loss_type": LOSS_TYPES,
+               "lr_scheduler": tuple(kind.value for kind in SchedulerType),
                "loss_weighting": tuple(w for w in LOSS_WEIGHTINGS if w), "model_preset": tuple(hf_ddpm.UNET_PRESETS)}
     for name, allowed in choices.items():
         value = getattr(config, name)
@@ -177,6 +197,11 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"--{name} {value!r} is not one of: {', '.join(allowed)}.")
     if config.learned_variance and config.variance_type not in (None, "learned", "learned_range"):
         raise ValueError(f"--learned_variance needs --variance_type learned or learned_range, not {config.variance_type!r}.")
+    if config.push_to_hub:  # checked now, not after days of training
+        try:
+            validate_repo_id(config.hub_model_id or "placeholder")
+        except ValueError as error:
+            raise ValueError(f"--hub_model_id {config.hub_model_id!r} is not a Hub repo id ({error}): use USER/NAME.") from None
     if config.variance_type in ("learned", "learned_range") and not config.learned_variance:
         raise ValueError(f"--variance_type {config.variance_type} needs a 2C-channel model: add --learned_variance.")
 
@@ -200,7 +225,7 @@ def main(config: TrainConfig) -> None:
 
     # -------------------------------------------------------------------------------------------- model
     if config.model_config_name_or_path:
-        unet_config = UNet2DModel.load_config(config.model_config_name_or_path)
+        unet_config = load_unet_config(config.model_config_name_or_path)
         if config.learned_variance:
             unet_config["out_channels"] = 2 * unet_config["in_channels"]
     else:
@@ -238,7 +263,8 @@ def main(config: TrainConfig) -> None:
         seed=config.seed,
     )
     if len(dataset) < global_batch:
-        raise SystemExit(f"error: {len(dataset)} training images is fewer than one global batch of {global_batch}.")
+        raise SystemExit(f"error: {len(dataset)} training images is fewer than one global batch of {global_batch}: "
+                         "lower --train_batch_size or --gradient_accumulation_steps, or add images.")
     steps_per_epoch = len(dataset) // global_batch  # each epoch drops its last partial global batch
 
     # ------------------------------------------------------------------------------- optimizer and EMA
@@ -339,7 +365,13 @@ def main(config: TrainConfig) -> None:
         accelerator.wait_for_everyone()
 
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        try:
+            accelerator.load_state(str(resume_from))
+        except Exception as error:  # a damaged checkpoint: name it and the way out, never a traceback
+            raise SystemExit(
+                f"error: cannot resume from {resume_from} ({type(error).__name__}: {' '.join(str(error).split())[:200]}): "
+                "pass an earlier checkpoint with --resume_from_checkpoint PATH, or move this one away."
+            ) from None
         logger.info(f"resumed from {resume_from} at step {state['global_step']}")
     eval_images = load_eval_images(config, unet) if config.eval_steps else None
 
@@ -526,8 +558,22 @@ def resolve_resume(config: TrainConfig, checkpoint_dir: Path, pipeline_dir: Path
         return complete[-1]
     path = Path(config.resume_from_checkpoint)
     if not (path / TRAINING_STATE).exists():
-        raise SystemExit(f"error: {path} is not a complete checkpoint (no {TRAINING_STATE}): pick one of {[p.name for p in complete]}.")
+        choices = f"pick one of {[p.name for p in complete]}" if complete else "start without --resume_from_checkpoint"
+        raise SystemExit(f"error: {path} is not a complete checkpoint (no {TRAINING_STATE}): {choices}.")
     return path
+
+
+def load_unet_config(name_or_path: str) -> dict:
+    """A UNet2DModel config from a file or folder, refusing configs of other classes (a scheduler's, say)."""
+    try:
+        unet_config = dict(UNet2DModel.load_config(name_or_path))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model_config_name_or_path {name_or_path}: cannot read a UNet2DModel config "
+                         f"({' '.join(str(error).split())[:200]}); pass a unet/config.json file or folder.") from None
+    if unet_config.get("_class_name") not in ("UNet2DModel", "DDPMUNet2DModel"):
+        raise ValueError(f"--model_config_name_or_path {name_or_path} is a {unet_config.get('_class_name')} config, "
+                         "not a UNet2DModel's: pass a unet/config.json, or use --model_preset.")
+    return unet_config
 
 
 def check_writable(output_dir: Path) -> None:
