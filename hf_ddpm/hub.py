@@ -116,6 +116,11 @@ STOCK_VARIANCE_DIFFERENCES = {
 _SECRET_KEY_RE = re.compile(r"token|secret|passw|api[_-]?key|credential|authorization", re.IGNORECASE)
 _HF_TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# How to get a pipeline folder: said by every error about a missing or damaged one.
+PASS_PIPELINE = ("pass the folder that pipeline.save_pretrained(folder) wrote (a training run saves it as "
+                 "OUTPUT_DIR/pipeline)")
+RESAVE_WEIGHTS = ("save the pipeline again with pipeline.save_pretrained(folder), or copy the file again if a "
+                  "transfer cut it short")
 
 
 # ---------------------------------------------------------------------------------------------------- template
@@ -132,13 +137,14 @@ def model_card_template_path() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline facts
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, fix: str = "save the pipeline again with pipeline.save_pretrained(folder)") -> Any:
+    """The JSON in `path`; a ValueError naming the file and `fix` when it is not valid JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        raise ValueError(f"{path} is not valid JSON ({error}): {fix}.") from None
 
 
 def read_safetensors_header(path: str | os.PathLike) -> dict:
@@ -148,21 +154,21 @@ def read_safetensors_header(path: str | os.PathLike) -> dict:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
-            raise ValueError(f"{path} is not a safetensors file (it is {size} bytes long).")
+            raise ValueError(f"{path} is not a safetensors file (it is {size} bytes long): {RESAVE_WEIGHTS}.")
         (header_size,) = struct.unpack("<Q", raw)
         if header_size > min(size - 8, 100 * 1024 * 1024):
-            raise ValueError(f"{path} is not a safetensors file (bad header size).")
+            raise ValueError(f"{path} is not a safetensors file (bad header size): {RESAVE_WEIGHTS}.")
         try:
             header = json.loads(f.read(header_size))
         except (ValueError, UnicodeDecodeError):
-            raise ValueError(f"{path} is not a safetensors file (unreadable header).") from None
+            raise ValueError(f"{path} is not a safetensors file (unreadable header): {RESAVE_WEIGHTS}.") from None
     if not isinstance(header, dict):
-        raise ValueError(f"{path} is not a safetensors file (unreadable header).")
+        raise ValueError(f"{path} is not a safetensors file (unreadable header): {RESAVE_WEIGHTS}.")
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
     if 8 + header_size + end != size:
         raise ValueError(f"{path} is truncated or corrupt: its header describes {8 + header_size + end} bytes, "
-                         f"the file has {size}.")
+                         f"the file has {size}. To fix it, {RESAVE_WEIGHTS}.")
     return tensors
 
 
@@ -219,7 +225,7 @@ def read_pipeline_facts(pipeline_dir: str | os.PathLike) -> PipelineFacts:
     """Read model_index.json, the unet / scheduler configs and the unet's parameter count from a pipeline folder."""
     path = Path(pipeline_dir)
     if not path.exists():
-        raise FileNotFoundError(f"No pipeline folder at {path}.")
+        raise FileNotFoundError(f"No pipeline folder at {path}: {PASS_PIPELINE}.")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a folder: pass the folder that pipeline.save_pretrained() wrote.")
     index_path = path / "model_index.json"
@@ -281,7 +287,7 @@ def check_pipeline_folder(pipeline_dir: str | os.PathLike) -> PipelineUpload:
     """
     path = Path(pipeline_dir)
     if not path.exists():
-        raise FileNotFoundError(f"No pipeline folder at {path}.")
+        raise FileNotFoundError(f"No pipeline folder at {path}: {PASS_PIPELINE}.")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a folder: pass the folder that pipeline.save_pretrained() wrote.")
     all_files = _list_files(path)
@@ -728,11 +734,15 @@ def write_model_card(
         training = clean_training_config(training)
         config_path.write_text(json.dumps(training, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     elif config_path.is_file():
-        training = _read_json(config_path)
+        fix = ("fix it, or delete it (the card then shows the training settings as not recorded; training "
+               "writes the file with the pipeline)")
+        training = _read_json(config_path, fix)
         if not isinstance(training, dict):
-            raise ValueError(f"{config_path} must hold a JSON object of training settings.")
+            raise ValueError(f"{config_path} must hold a JSON object of training settings: {fix}.")
     eval_path = path / "eval_results.json"
-    evaluation = _read_json(eval_path) if eval_path.is_file() else None
+    evaluation = None
+    if eval_path.is_file():
+        evaluation = _read_json(eval_path, "fix it, or delete it and run `hf-ddpm evaluate` again")
     card = render_model_card(
         path,
         training=training,

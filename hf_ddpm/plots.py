@@ -14,12 +14,14 @@ Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no 
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Sequence
 
 import numpy as np
 import torch
 
 DPI = 100
+PASS_LOGS = "pass the TensorBoard log folder of a training run (train.py writes it to OUTPUT_DIR/logs)"
 
 
 def _figure(width: float, height: float):
@@ -28,10 +30,20 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI)
 
 
-def _save(fig, output: str) -> str:
+def _check_output(output: str | None) -> None:
+    """Refuse an --output whose folder does not exist before any work (the folder is not created: a typo in it
+    would otherwise scatter pictures)."""
+    if output is None:
+        return
     directory = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"output folder {directory} does not exist.")
+        raise FileNotFoundError(f"output folder {directory} does not exist: create it, or choose another --output.")
+    if os.path.isdir(output):
+        raise IsADirectoryError(f"--output {output} is a folder: give a file path such as {output}/picture.png.")
+
+
+def _save(fig, output: str) -> str:
+    _check_output(output)
     fig.savefig(output, dpi=DPI)
     return output
 
@@ -86,6 +98,7 @@ def schedule_curves(schedules: Sequence[str] = ("linear",), num_train_timesteps:
 def plot_schedule(schedules: Sequence[str] = ("linear",), num_train_timesteps: int = 1000, beta_start: float = 1e-4,
                   beta_end: float = 0.02, pipeline=None, output: str = "schedule.png") -> str:
     """abar_t and log10 SNR_t against t / T for each schedule (and the pipeline's own, if given)."""
+    _check_output(output)
     curves = schedule_curves(schedules, num_train_timesteps, beta_start, beta_end, pipeline)
     fig = _figure(11, 4)
     ax_abar, ax_snr = fig.subplots(1, 2)
@@ -112,7 +125,8 @@ def read_scalars(logdir: str, tag: str = "train/loss") -> dict[str, tuple[np.nda
     from tensorboard.backend.event_processing import event_accumulator
 
     if not os.path.isdir(logdir):
-        raise FileNotFoundError(f"log folder {logdir} not found.")
+        what = "is a file, not a folder" if os.path.exists(logdir) else "not found"
+        raise FileNotFoundError(f"log folder {logdir} {what}: {PASS_LOGS}.")
     runs, seen_tags = {}, set()
     for folder, _, files in sorted(os.walk(logdir)):
         if not any(name.startswith("events.out.tfevents") for name in files):
@@ -127,7 +141,7 @@ def read_scalars(logdir: str, tag: str = "train/loss") -> dict[str, tuple[np.nda
             runs[run] = (np.array([e.step for e in events]), np.array([e.value for e in events], dtype=np.float64))
     if not runs:
         if not seen_tags:
-            raise FileNotFoundError(f"no TensorBoard event files under {logdir}.")
+            raise FileNotFoundError(f"no TensorBoard event files under {logdir}: {PASS_LOGS}.")
         raise ValueError(f"no scalar {tag!r} in {logdir}; its scalars are: {', '.join(sorted(seen_tags))}.")
     return runs
 
@@ -146,6 +160,7 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
 def plot_loss(logdir: str, tag: str = "train/loss", output: str | None = None, smoothing: float = 0.9,
               log_scale: bool | None = None) -> str:
     """The training curve of `tag` (each run under `logdir`): raw values faint, smoothed on top."""
+    _check_output(output)
     runs = read_scalars(logdir, tag)
     smooth(np.zeros(1), smoothing)  # validates smoothing before drawing
     fig = _figure(8, 4.5)
@@ -174,6 +189,7 @@ def plot_progressive(pipeline, output: str | None = None, num_images: int = 4, n
     sample, left (t = T-1, pure noise) to right (t = 0, the sample)."""
     if num_images < 1 or num_frames < 2:
         raise ValueError(f"need num_images >= 1 and num_frames >= 2, got {num_images} and {num_frames}.")
+    _check_output(output)
     pipe = _load_pipeline(pipeline, device)
     T = pipe.scheduler.config.num_train_timesteps
     pipe.scheduler.set_timesteps(num_inference_steps or T)
@@ -211,7 +227,15 @@ def _source_images(pipe, image_a, image_b, dataset, split, index_a, index_b):
         for path in (image_a, image_b):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image {path} not found.")
-            image = PIL.Image.open(path).convert("L" if channels == 1 else "RGB")
+            try:
+                with PIL.Image.open(path) as file:
+                    image = file.convert("L" if channels == 1 else "RGB")
+            except PIL.UnidentifiedImageError:
+                raise ValueError(f"image {path} cannot be read: it is not an image file PIL recognizes; pass a PNG or "
+                                 "JPEG image.") from None
+            except (OSError, ValueError, SyntaxError) as error:  # a damaged or truncated image file
+                raise ValueError(f"image {path} cannot be read ({' '.join(str(error).split())}): pass an intact PNG "
+                                 "or JPEG image.") from None
             if image.size != (size, size):
                 raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but the model makes {size}x{size} images.")
             pixels = np.asarray(image)
@@ -234,6 +258,7 @@ def plot_interpolation(pipeline, output: str | None = None, image_a: str | None 
                        num_inference_steps: int | None = None, seed: int = 0, device: str | None = None) -> str:
     """Interpolations between two images (paper Sec. 4.4): one row per t (default T/4, T/2, 3T/4), the sources at
     the ends and `num_points` mixing weights lambda in [0, 1] between them."""
+    _check_output(output)
     pipe = _load_pipeline(pipeline, device)
     T = pipe.scheduler.config.num_train_timesteps
     timesteps = list(timesteps) if timesteps else sorted({min(T - 1, round(f * T)) for f in (0.25, 0.5, 0.75)})
@@ -275,8 +300,18 @@ def load_bpd_terms(path: str) -> dict[str, np.ndarray]:
     file = os.path.join(path, BPD_TERMS_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: run `hf-ddpm evaluate PIPELINE --metrics bpd` first.")
-    with np.load(file, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
+    how = "pass the bpd_terms.npz that `hf-ddpm evaluate PIPELINE --metrics bpd` wrote (or its folder)"
+    try:
+        data = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        data = None
+    if not hasattr(data, "files"):  # not an .npz (numpy would suggest unpickling it: never)
+        raise ValueError(f"{file} is not a valid .npz file: {how}.")
+    try:
+        with data:
+            arrays = {key: data[key] for key in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise ValueError(f"{file} cannot be read (object data or a damaged file): {how}.") from None
     missing = {"terms_bpd", "x0_mse", "prior_bpd"} - set(arrays)
     if missing:
         raise ValueError(f"{file} lacks {sorted(missing)}: is it a bpd_terms.npz written by `hf-ddpm evaluate`?")
@@ -305,6 +340,7 @@ def rate_distortion_curves(terms: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 def plot_rate_distortion(eval_dir: str, output: str | None = None) -> str:
     """Distortion and rate against reverse steps, and distortion against rate (paper Fig. 5)."""
+    _check_output(output)
     curves = rate_distortion_curves(load_bpd_terms(eval_dir))
     fig = _figure(13, 4)
     ax_d, ax_r, ax_rd = fig.subplots(1, 3)
@@ -323,6 +359,7 @@ def plot_rate_distortion(eval_dir: str, output: str | None = None) -> str:
 
 def plot_bpd_terms(eval_dir: str, output: str | None = None) -> str:
     """The per-step terms L_t of the bound (mean over images, with the 10-90% band), log scale."""
+    _check_output(output)
     terms = load_bpd_terms(eval_dir)
     values = terms["terms_bpd"]
     T = values.shape[1]

@@ -42,6 +42,7 @@ from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 import hf_ddpm
@@ -138,7 +139,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         try:
             preset = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
-            raise SystemExit(f"error: cannot read --config {path}: {' '.join(str(error).split())}; fix the YAML.") from None
+            raise SystemExit(f"error: cannot read --config {path}: {' '.join(str(error).split())}; pass a valid YAML file.") from None
         if not isinstance(preset, dict):
             raise SystemExit(f"error: {path} must hold `option: value` lines, not a {type(preset).__name__}.")
         unknown = sorted(set(preset) - set(fields))
@@ -171,7 +172,7 @@ def check_preset_type(path: Path, name: str, value, annotation: str) -> None:
     ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, (int, float)) and not isinstance(value, bool), "str": isinstance(value, str)}
     if not ok[expected]:
-        raise SystemExit(f"error: {path} sets {name}: {value!r}, but {name} takes a {expected} value.")
+        raise SystemExit(f"error: {path} sets {name}: {value!r}, but {name} takes a {expected} value: set it to a {expected}.")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -201,7 +202,7 @@ def check_config(config: TrainConfig) -> None:
         try:
             validate_repo_id(config.hub_model_id or "placeholder")
         except ValueError as error:
-            raise ValueError(f"--hub_model_id {config.hub_model_id!r} is not a Hub repo id ({error}): use USER/NAME.") from None
+            raise ValueError(f"--hub_model_id: invalid repo id {config.hub_model_id!r} ({error}): use USER/NAME.") from None
     if config.variance_type in ("learned", "learned_range") and not config.learned_variance:
         raise ValueError(f"--variance_type {config.variance_type} needs a 2C-channel model: add --learned_variance.")
 
@@ -366,8 +367,9 @@ def main(config: TrainConfig) -> None:
 
     if resume_from is not None:
         try:
+            check_checkpoint_files(resume_from)
             accelerator.load_state(str(resume_from))
-        except Exception as error:  # a damaged checkpoint: name it and the way out, never a traceback
+        except Exception as error:  # a damaged checkpoint: name the file and the way out, never a traceback
             raise SystemExit(
                 f"error: cannot resume from {resume_from} ({type(error).__name__}: {' '.join(str(error).split())[:200]}): "
                 "pass an earlier checkpoint with --resume_from_checkpoint PATH, or move this one away."
@@ -574,6 +576,22 @@ def load_unet_config(name_or_path: str) -> dict:
         raise ValueError(f"--model_config_name_or_path {name_or_path} is a {unet_config.get('_class_name')} config, "
                          "not a UNet2DModel's: pass a unet/config.json, or use --model_preset.")
     return unet_config
+
+
+def check_checkpoint_files(checkpoint: Path) -> None:
+    """Read what resuming needs before Accelerate does, so a damaged file is named in the error."""
+    try:
+        json.loads((checkpoint / TRAINING_STATE).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{checkpoint / TRAINING_STATE} is damaged ({error})") from None
+    weights = checkpoint / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing")
+    try:
+        with safe_open(str(weights), framework="pt") as reader:
+            reader.keys()
+    except Exception as error:
+        raise ValueError(f"{weights} is truncated or not safetensors ({error})") from None
 
 
 def check_writable(output_dir: Path) -> None:
