@@ -172,7 +172,7 @@ class GaussianDiffusion:
             frac = (variance_values + 1.0) / 2.0
             log_variance = frac * self.coef("log_betas", t, like) + (1.0 - frac) * self.coef("posterior_log_variance_clipped", t, like)
             variance = torch.exp(log_variance)
-        return variance.expand_as(like), log_variance.expand_as(like)
+        return variance, log_variance  # [B, 1, ...] for fixed variances: broadcast, never materialized
 
     def p_mean_variance(
         self,
@@ -180,15 +180,19 @@ class GaussianDiffusion:
         x_t: torch.Tensor,
         t,
         process_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        expand: bool = True,
     ) -> dict:
         """p(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I), eq. 1, with mu_theta = mu~(x0_hat, x_t) (eq. 7) as in the
-        release, where x0_hat comes from the model output and is passed through `process_x0` (clipping)."""
+        release, where x0_hat comes from the model output and is passed through `process_x0` (clipping).
+        With `expand=False` fixed variances stay [B, 1, ...] (the sampler's fast path)."""
         prediction, variance_values = self.split_model_output(model_output, x_t)
         pred_x0 = self.predict_x0(prediction, x_t, t)
         if process_x0 is not None:
             pred_x0 = process_x0(pred_x0)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         variance, log_variance = self.model_variance(variance_values, t, x_t)
+        if expand:
+            variance, log_variance = variance.expand_as(x_t), log_variance.expand_as(x_t)
         return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": pred_x0}
 
     # ------------------------------------------------------------------ variational bound, in bits/dim

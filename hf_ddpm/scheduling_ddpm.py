@@ -189,7 +189,9 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         """
         self._check_model_output(model_output, sample)
         position = self._chain_positions(timestep, sample)
-        p = self._sampling_diffusion.p_mean_variance(model_output, sample, position, self._x0_processor(clip_sample))
+        p = self._sampling_diffusion.p_mean_variance(
+            model_output, sample, position, self._x0_processor(clip_sample), expand=False
+        )
         prev_sample = p["mean"]
         adds_noise = position > 0  # the last step of the chain returns the mean: no noise at t = 0
         if not isinstance(adds_noise, bool) or adds_noise:
