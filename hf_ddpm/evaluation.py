@@ -727,6 +727,18 @@ def _previous_results(path: str, dataset: dict, overwrite: bool = False) -> dict
     return old
 
 
+def load_npz(path: str, label: str, how: str):
+    """An .npz archive read without unpickling anything, or one line saying `label` is not one and `how` to fix it
+    (numpy's own message would suggest loading it unsafely: never)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        data = None
+    if not hasattr(data, "files"):
+        raise ValueError(f"{label} is not a valid .npz file: {how}.")
+    return data
+
+
 def load_samples(path: str | os.PathLike) -> np.ndarray:
     """The 'images' array of a samples.npz (`hf-ddpm evaluate --save-samples`), read without unpickling anything."""
     path = os.fspath(path)
@@ -735,12 +747,7 @@ def load_samples(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         what = "is a folder, not a file" if os.path.isdir(path) else "not found"
         raise FileNotFoundError(f"--samples {path} {what}: {how}.")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-        data = None
-    if not hasattr(data, "files"):  # not an .npz (numpy would suggest unpickling it: never)
-        raise ValueError(f"--samples {path} is not a valid .npz file: {how}.")
+    data = load_npz(path, f"--samples {path}", how)
     with data:
         if "images" not in data.files:
             raise ValueError(f"--samples {path} has no 'images' array (it has {data.files}): {how}.")

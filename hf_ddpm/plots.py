@@ -295,18 +295,13 @@ def plot_interpolation(pipeline, output: str | None = None, image_a: str | None 
 
 def load_bpd_terms(path: str) -> dict[str, np.ndarray]:
     """The arrays of `hf-ddpm evaluate`'s bpd_terms.npz (`path` is the file or its folder)."""
-    from .evaluation import BPD_TERMS_FILE
+    from .evaluation import BPD_TERMS_FILE, load_npz
 
     file = os.path.join(path, BPD_TERMS_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: run `hf-ddpm evaluate PIPELINE --metrics bpd` first.")
     how = "pass the bpd_terms.npz that `hf-ddpm evaluate PIPELINE --metrics bpd` wrote (or its folder)"
-    try:
-        data = np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-        data = None
-    if not hasattr(data, "files"):  # not an .npz (numpy would suggest unpickling it: never)
-        raise ValueError(f"{file} is not a valid .npz file: {how}.")
+    data = load_npz(file, file, how)
     try:
         with data:
             arrays = {key: data[key] for key in data.files}
