@@ -12,8 +12,8 @@ Reading order:
 3. ``ImageDataset`` turns raw image ``i`` into ``{"pixel_values": [C, H, W]}`` in
    [-1, 1]: channels, resize, crop, scale. Its random crop depends only on
    (seed, epoch, index), so a resumed run sees the same crops.
-4. ``random_flip`` flips a whole batch with an explicit generator; it runs in the
-   training loop rather than per item so that its randomness is checkpointable.
+4. ``flip_horizontally`` mirrors the images a boolean mask selects; the training
+   loop draws the mask per step so that its randomness is reproducible.
 """
 
 from __future__ import annotations
@@ -471,14 +471,11 @@ def _to_unit_range(pixels: np.ndarray) -> torch.Tensor:
 # ------------------------------------------------------------------ batches
 
 
-def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of ``batch`` [B, C, H, W] horizontally with probability 0.5.
+def flip_horizontally(batch: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Mirror the images of ``batch`` [B, C, H, W] whose entry of the boolean ``flips`` [B] is set.
 
-    Done per batch in the training loop with an explicit ``generator`` (whose
-    state can be checkpointed), so runs are reproducible and resumable. The
-    generator may live on another device than the batch (e.g. CPU generator,
-    GPU batch).
+    The training loop draws ``flips`` (probability 0.5 each) for the whole global batch from the step's
+    seeded generator and passes each process its slice, so flips are reproducible, resumable and the same
+    whatever the number of processes.
     """
-    flip = torch.rand(batch.shape[0], generator=generator, device=generator.device) < 0.5
-    flip = flip.to(batch.device).view(-1, 1, 1, 1)
-    return torch.where(flip, batch.flip(-1), batch)
+    return torch.where(flips.to(batch.device).view(-1, 1, 1, 1), batch.flip(-1), batch)

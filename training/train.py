@@ -46,7 +46,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 import hf_ddpm
-from hf_ddpm.data import ArrayImages, ImageDataset, load_fashion_mnist, load_image_dataset
+from hf_ddpm.data import ArrayImages, ImageDataset, flip_horizontally, load_fashion_mnist, load_image_dataset
 from hf_ddpm.gaussian_diffusion import LOSS_TYPES, LOSS_WEIGHTINGS
 from hf_ddpm.hub import push_pipeline, write_model_card
 
@@ -416,7 +416,7 @@ def main(config: TrainConfig) -> None:
                     mine = slice((micro * world + rank) * config.train_batch_size, (micro * world + rank + 1) * config.train_batch_size)
                     clean = next(batches)["pixel_values"]
                     if config.random_flip:
-                        clean = torch.where(flips[mine].view(-1, 1, 1, 1), clean.flip(-1), clean)
+                        clean = flip_horizontally(clean, flips[mine])
                     clean = clean.to(accelerator.device)
                     eps, t = noise[mine].to(accelerator.device), timesteps[mine].to(accelerator.device)
                     noisy = noise_scheduler.q_sample(clean, t, eps)  # in fp32: noise is never added in half precision
