@@ -22,7 +22,7 @@ import platform
 import torch
 
 import hf_ddpm
-from hf_ddpm.evaluation import InceptionV3Features, resize_bilinear_tf1
+from hf_ddpm.metrics import InceptionV3Features, resize_bilinear_tf1
 from timing import interleaved
 
 

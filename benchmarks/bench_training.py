@@ -106,7 +106,8 @@ def train_script_throughput(args) -> float:
                    "--train_batch_size", str(args.batch_size), "--max_train_steps", str(total),
                    "--logging_steps", str(args.warmup), "--checkpointing_steps", str(10 * total),
                    "--save_images_steps", str(10 * total), "--eval_batch_size", "1", "--ddpm_num_inference_steps", "1",
-                   "--mixed_precision", args.mixed_precision, "--output_dir", output_dir]
+                   "--mixed_precision", args.mixed_precision, "--output_dir", output_dir,
+                   "--convert_channels"]  # the Fashion-MNIST default is grayscale; RGB presets take it as RGB
         subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
         events = next(Path(output_dir, "logs").rglob("events.out.tfevents*"))
         accumulator = EventAccumulator(str(events))

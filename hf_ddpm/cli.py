@@ -1,34 +1,48 @@
-"""`hf-ddpm`: the command line. Each subcommand is defined next to the code it drives, by a module-level
-`register_cli(subparsers)` that adds its parser and sets `run=<function(args) -> int | None>`."""
+"""`hf-ddpm`: the command line; registers each subcommand of `hf_ddpm/commands/` and applies the one error policy."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
 
-SUBCOMMAND_MODULES = ("hf_ddpm.hub", "hf_ddpm.evaluation", "hf_ddpm.plots")
+from .commands import Command, card, demo, evaluate, plot, push, sample
+from .options import OptionParser, debug_requested, run_guarded
 
-# What a user can fix by changing the command: reported as one line and exit status 2, without a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+COMMANDS: tuple[Command, ...] = (sample.COMMAND, evaluate.COMMAND, plot.COMMAND, card.COMMAND, push.COMMAND,
+                                 demo.COMMAND)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-ddpm", description="DDPMs on the Hugging Face stack.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).register_cli(subparsers)
+def add_commands(parser: OptionParser, commands: tuple[Command, ...], depth: int = 0) -> None:
+    subparsers = parser.add_subparsers(dest=f"command_{depth}", required=True, metavar="COMMAND",
+                                       parser_class=OptionParser)
+    for command in commands:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.description or command.help,
+                                    dataclass_types=[command.config] if command.config else [],
+                                    renamed=command.renamed)
+        if command.subcommands:
+            add_commands(sub, command.subcommands, depth + 1)
+        else:
+            sub.set_defaults(_command=command, _parser=sub)
+
+
+def build_parser() -> OptionParser:
+    parser = OptionParser(prog="hf-ddpm", description="DDPMs on the Hugging Face stack. "
+                                                      "`hf-ddpm COMMAND --help` lists a command's options.")
+    add_commands(parser, COMMANDS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args) or 0
-    except USER_ERRORS as error:
-        message = " ".join(str(error).split())  # always a single line
-        print(f"hf-ddpm {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    namespace, unknown = build_parser().parse_known_args(argv)
+    command, parser = namespace._command, namespace._parser
+    if unknown:
+        parser.error(parser.unknown_option(unknown[0]))
+
+    def run() -> int | None:
+        (config,) = parser.build(vars(namespace)) if command.config else (None,)
+        return command.run(config)
+
+    return run_guarded(run, prog=parser.prog, debug=debug_requested(argv))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 `GaussianDiffusion` precomputes every coefficient once, in float64, and each formula below is one small
 method citing its equation in Ho, Jain & Abbeel (2020) or Nichol & Dhariwal (2021, "Improved DDPM").
 Timestep arguments `t` are either a Python int or a long tensor of shape [B] on the data's device; they are
-validated by the scheduler (`hf_ddpm.DDPMScheduler`), which is the public entry point.
+validated by the scheduler (`hf_ddpm.DDPMScheduler`), which is the public entry point. `DiffusionObjective` holds
+a training run's loss settings (loss type and weighting), built once and applied to a `GaussianDiffusion`.
 
 Notation (code indexing, t = 0..T-1): alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s, abar_prev_t = abar_{t-1}
 with abar_prev_0 = 1.
@@ -12,6 +13,7 @@ with abar_prev_0 = 1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -40,7 +42,10 @@ def _check_choice(name: str, value, choices) -> None:
 class GaussianDiffusion:
     """Forward and reverse Gaussian diffusion over the beta table `betas` (float64 coefficient tables)."""
 
-    def __init__(self, betas, prediction_type: str = "epsilon", variance_type: str = "fixed_small"):
+    def __init__(self, betas, prediction_type: str = "epsilon", variance_type: str = "fixed_small",
+                 log_alphas_cumprod: torch.Tensor | None = None):
+        """`log_alphas_cumprod`, when given, is log abar_t known more precisely than the sum of log(1 - beta_t): a
+        respaced chain keeps abar at its steps, where 1 - beta' may round to 0 while abar_t is still > 0."""
         _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _check_choice("variance_type", variance_type, VARIANCE_TYPES)
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
@@ -51,7 +56,8 @@ class GaussianDiffusion:
 
         alphas = 1.0 - betas
         # Through logs: 1 - abar_t as -expm1(log abar_t) keeps full relative precision where abar_t ~ 1 (small t).
-        log_alphas_cumprod = torch.cumsum(torch.log1p(-betas), dim=0)
+        if log_alphas_cumprod is None:
+            log_alphas_cumprod = torch.cumsum(torch.log1p(-betas), dim=0)
         alphas_cumprod = torch.exp(log_alphas_cumprod)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         one_minus_alphas_cumprod = -torch.expm1(log_alphas_cumprod)
@@ -231,57 +237,77 @@ class GaussianDiffusion:
             return x0
         return self.velocity(x0, t, noise)
 
-    def loss_weight(self, t, like: torch.Tensor, loss_weighting, snr_gamma: float, p2_k: float, p2_gamma: float):
+    def training_losses(
+        self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, noise: torch.Tensor, t,
+        objective: DiffusionObjective | None = None,
+    ) -> dict:
+        """Per-sample losses of `objective` (default: L_simple): see `DiffusionObjective.losses`."""
+        return (objective or DiffusionObjective()).losses(self, model_output, x0, x_t, noise, t)
+
+
+@dataclass(frozen=True)
+class DiffusionObjective:
+    """What training minimizes, chosen once per run: the loss and the weighting of its MSE term.
+
+    `loss_type`: `simple` = L_simple (eq. 14, on the chosen target), `kl` = the bound's term L_{t-1} in bits/dim,
+    `hybrid` = L_simple + lambda L_vlb (Improved DDPM) where L_vlb = T * L_{t-1} trains only the variance
+    (stop-gradient on the mean). `loss_weighting` weights the MSE term (so it applies to `simple` and `hybrid`):
+    `min_snr` with `snr_gamma`, `p2` with `p2_k` and `p2_gamma`.
+    """
+
+    loss_type: str = "simple"
+    loss_weighting: str | None = None
+    snr_gamma: float = 5.0
+    p2_k: float = 1.0
+    p2_gamma: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+
+    @property
+    def has_mse(self) -> bool:
+        """Whether the loss has the MSE term (the only term a `loss_weighting` acts on)."""
+        return self.loss_type in ("simple", "hybrid")
+
+    def mse_weight(self, diffusion: GaussianDiffusion, t, like: torch.Tensor) -> torch.Tensor:
         """Per-sample weight of the MSE term, written as a weight on the eps-MSE and converted to the target.
 
         min_snr (Hang et al. 2023): w_eps = min(SNR, gamma) / SNR. p2 (Choi et al. 2022): w_eps = (k + SNR)^-gamma.
         Since ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 = SNR / (1 + SNR) ||v - v_hat||^2, the weight on an x_0
         or v MSE is w_eps times SNR or SNR / (1 + SNR).
         """
-        snr = self.coef("snr", t, like)
-        if loss_weighting == "min_snr":
-            eps_weight = (snr_gamma / snr).clamp(max=1.0)
+        snr = diffusion.coef("snr", t, like)
+        if self.loss_weighting == "min_snr":
+            eps_weight = (self.snr_gamma / snr).clamp(max=1.0)
         else:
-            eps_weight = (p2_k + snr) ** (-p2_gamma)
-        if self.prediction_type == "sample":
+            eps_weight = (self.p2_k + snr) ** (-self.p2_gamma)
+        if diffusion.prediction_type == "sample":
             return eps_weight * snr
-        if self.prediction_type == "v_prediction":
+        if diffusion.prediction_type == "v_prediction":
             return eps_weight * snr / (1.0 + snr)
         return eps_weight
 
-    def training_losses(
-        self,
-        model_output: torch.Tensor,
-        x0: torch.Tensor,
-        x_t: torch.Tensor,
-        noise: torch.Tensor,
-        t,
-        loss_type: str = "simple",
-        loss_weighting: str | None = None,
-        snr_gamma: float = 5.0,
-        p2_k: float = 1.0,
-        p2_gamma: float = 1.0,
+    def losses(
+        self, diffusion: GaussianDiffusion, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+        noise: torch.Tensor, t,
     ) -> dict:
-        """Per-sample losses: `simple` = L_simple (eq. 14, on the chosen target), `kl` = the bound's term L_{t-1}
-        in bits/dim, `hybrid` = L_simple + lambda L_vlb (Improved DDPM) where L_vlb = T * L_{t-1} trains only the
-        variance (stop-gradient on the mean). Returns {"loss", and "mse" and/or "vb"}, each of shape [B]."""
-        _check_choice("loss_type", loss_type, LOSS_TYPES)
-        _check_choice("loss_weighting", loss_weighting, LOSS_WEIGHTINGS)
-        prediction, variance_values = self.split_model_output(model_output, x_t)
+        """Per-sample losses under `diffusion`: {"loss", and "mse" and/or "vb"}, each of shape [B]."""
+        prediction, variance_values = diffusion.split_model_output(model_output, x_t)
         terms = {}
-        if loss_type in ("simple", "hybrid"):
-            target = self.training_target(x0, noise, t)
+        if self.has_mse:
+            target = diffusion.training_target(x0, noise, t)
             dtype = compute_dtype(prediction)
             mse = mean_over_pixels((target.to(dtype) - prediction.to(dtype)) ** 2)
-            if loss_weighting is not None:
-                mse = mse * self.loss_weight(t, mse, loss_weighting, snr_gamma, p2_k, p2_gamma)
+            if self.loss_weighting is not None:
+                mse = mse * self.mse_weight(diffusion, t, mse)
             terms["mse"] = mse
-        if loss_type == "kl":
-            terms["vb"] = self.vb_terms_bpd(model_output, x0, x_t, t)["output"]
-        elif loss_type == "hybrid" and variance_values is not None:
+        if self.loss_type == "kl":
+            terms["vb"] = diffusion.vb_terms_bpd(model_output, x0, x_t, t)["output"]
+        elif self.loss_type == "hybrid" and variance_values is not None:
             # Only the variance learns from the bound; the mean is trained by L_simple alone (Improved DDPM 3.1).
             frozen = torch.cat([prediction.detach(), variance_values], dim=1)
-            vb = self.vb_terms_bpd(frozen, x0, x_t, t)["output"]
-            terms["vb"] = vb * (self.num_timesteps * HYBRID_VLB_WEIGHT)
+            vb = diffusion.vb_terms_bpd(frozen, x0, x_t, t)["output"]
+            terms["vb"] = vb * (diffusion.num_timesteps * HYBRID_VLB_WEIGHT)
         terms["loss"] = terms.get("mse", 0.0) + terms.get("vb", 0.0)
         return terms

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .checks import check_generator, check_positive_int
 from .gaussian import mean_over_pixels
+from .gaussian_diffusion import VARIANCE_TYPES
 from .pipeline_ddpm import DDPMPipelineMixin, images_to_tensor
+from .scheduling_ddpm import DDPMScheduler
 
 
 @dataclass
@@ -30,7 +34,25 @@ class DDPMLikelihoodOutput(BaseOutput):
 
 
 class DDPMLikelihoodPipeline(DDPMPipelineMixin, DiffusionPipeline):
-    """Bits/dim of images under a DDPM. Build it from any DDPM pipeline: `DDPMLikelihoodPipeline(**pipe.components)`."""
+    """Bits/dim of images under a DDPM. Build it from any DDPM pipeline: `DDPMLikelihoodPipeline(**pipe.components)`.
+
+    The bound is the DDPM's, whatever sampler the pipeline was using: any other scheduler is converted to hf_ddpm's
+    DDPMScheduler from its config, which must say the model's `variance_type` (a config converted from the DDPM
+    one, e.g. `DDIMScheduler.from_config(ddpm.config)`, keeps it).
+    """
+
+    @staticmethod
+    def _adopt_scheduler(scheduler: SchedulerMixin) -> DDPMScheduler:
+        if isinstance(scheduler, DDPMScheduler):
+            return scheduler
+        # the bound depends on the model's variance, which only DDPM configs record; guessing it would be silent
+        if scheduler.config.get("variance_type") not in VARIANCE_TYPES:
+            raise ValueError(
+                f"scheduler: a {type(scheduler).__name__} whose config has no DDPM variance_type cannot give the "
+                "bound: pass hf_ddpm.DDPMScheduler.from_config(scheduler.config, variance_type=...) with the "
+                "model's variance."
+            )
+        return DDPMScheduler.from_config(scheduler.config)
 
     @torch.no_grad()
     def __call__(
@@ -46,8 +68,12 @@ class DDPMLikelihoodPipeline(DDPMPipelineMixin, DiffusionPipeline):
         `model_batch_size` is how many (image, timestep) pairs go through the UNet at once; `clip_denoised`
         clips x0_hat to [-1, 1] as the paper's evaluation does.
         """
-        if model_batch_size < 1:
-            raise ValueError(f"model_batch_size must be >= 1, got {model_batch_size}.")
+        check_positive_int(model_batch_size, "model_batch_size", "pass how many (image, timestep) pairs go through "
+                           "the UNet at once, e.g. 256")
+        if isinstance(generator, (list, tuple)) and len(generator) == 1:
+            generator = generator[0]
+        # the bound's noise is drawn for (image, timestep) pairs in chunks, not per image: one generator
+        check_generator(generator, 1, allow_list=False)
         device, dtype = self._execution_device, self.unet.dtype
         x0 = images_to_tensor(images, self.unet.config.in_channels).to(device=device, dtype=torch.float32)
         self._check_sample_shape(x0)

@@ -1,51 +1,63 @@
-"""`hf-ddpm plot ...`: the pictures by which a DDPM is judged, one command (and one function) each, as PNG files.
+"""The pictures by which a DDPM is judged, one function each, as PNG files (`hf-ddpm plot ...` draws them).
 
-- ``schedule``: abar_t and the signal-to-noise ratio abar_t / (1 - abar_t) of one or more noise schedules.
-- ``loss``: a scalar (default ``train/loss``) from TensorBoard event files, raw and smoothed.
-- ``progressive``: x0 predictions along the reverse chain (paper Fig. 6).
-- ``interpolation``: interpolation through the diffusion latent space at several t (paper Sec. 4.4, Figs. 8-9).
-- ``rate-distortion``: cumulative rate vs RMSE of x0 predictions on [0, 255] (paper Fig. 5), from `hf-ddpm evaluate`'s
-  bpd_terms.npz.
-- ``bpd-terms``: the per-step terms L_t of the bound in bits/dim, from the same file.
+- ``plot_schedule``: abar_t and the signal-to-noise ratio abar_t / (1 - abar_t) of one or more noise schedules.
+- ``plot_loss``: a scalar (default ``train/loss``) from TensorBoard event files, raw and smoothed.
+- ``plot_progressive``: x0 predictions along the reverse chain (paper Fig. 6).
+- ``plot_interpolation``: interpolation through the diffusion latent space at several t (paper Sec. 4.4, Figs. 8-9).
+- ``plot_rate_distortion``: cumulative rate vs RMSE of x0 predictions on [0, 255] (paper Fig. 5), from
+  `hf-ddpm evaluate`'s bpd_terms.npz.
+- ``plot_bpd_terms``: the per-step terms L_t of the bound in bits/dim, from the same file.
 
-Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global backend change).
+Each figure function takes its options object from `hf_ddpm.commands.plot` (where the defaults live), or the first
+argument and those options as keywords: `plot_loss("runs/x/logs", smoothing=0.6)`. Figures are drawn with
+matplotlib's object API on the Agg canvas (no pyplot, no display, no global backend change).
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from .artifacts import BPD_TERMS_FILE, default_device, load_npz, load_pipeline, spatial_size
+from .commands.plot import (BpdTermsOptions, InterpolationOptions, LossOptions, ProgressiveOptions, ScheduleOptions,
+                            check_output)
+from .metrics.reference import DatasetSpec, ModelImages
+from .options import configure
+
 DPI = 100
+FEW_POINTS = 25  # curves with at most this many points are drawn with markers (one point is a marker alone)
 PASS_LOGS = "pass the TensorBoard log folder of a training run (train.py writes it to OUTPUT_DIR/logs)"
 
 
 def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)  # a renderer to measure text with
+    return fig
 
 
-def _check_output(output: str | None) -> None:
-    """Refuse an --output whose folder does not exist before any work (the folder is not created: a typo in it
-    would otherwise scatter pictures)."""
-    if output is None:
-        return
-    directory = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"output folder {directory} does not exist: create it, or choose another --output.")
-    if os.path.isdir(output):
-        raise IsADirectoryError(f"--output {output} is a folder: give a file path such as {output}/picture.png.")
+def _fit_suptitle(fig, text: str, fontsize: float = 10, min_fontsize: float = 7):
+    """A figure title that fits the figure's width: shrunk down to `min_fontsize`, then broken after its first
+    ': ' onto two lines."""
+    title = fig.suptitle(text, fontsize=fontsize)
+    renderer = fig.canvas.get_renderer()
+    room = 0.96 * fig.bbox.width
+    while title.get_window_extent(renderer).width > room and title.get_fontsize() > min_fontsize:
+        title.set_fontsize(title.get_fontsize() - 0.5)
+    if title.get_window_extent(renderer).width > room and ": " in text:
+        title.set_text(text.replace(": ", ":\n", 1))
+    return title
 
 
-def _save(fig, output: str) -> str:
-    _check_output(output)
+def _save(fig, output) -> str:
+    check_output(output)
     fig.savefig(output, dpi=DPI)
-    return output
+    return os.fspath(output)
 
 
 def _show_image(ax, image: np.ndarray) -> None:
@@ -60,24 +72,22 @@ def _show_image(ax, image: np.ndarray) -> None:
 
 
 def _load_pipeline(pipeline, device):
-    from .evaluation import load_pipeline
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(pipeline, device)
+    pipe = load_pipeline(pipeline, device or default_device())
     pipe.set_progress_bar_config(leave=False)
     return pipe
 
 
 def _default_output(folder, name: str) -> str:
-    return os.path.join(str(folder), name) if folder is not None and os.path.isdir(str(folder)) else name
+    folder = os.fspath(folder) if isinstance(folder, (str, os.PathLike)) else None
+    return os.path.join(folder, name) if folder is not None and os.path.isdir(folder) else name
 
 
 # ------------------------------------------------------------------------------------------------ schedule
 
 
-def schedule_curves(schedules: Sequence[str] = ("linear",), num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                    beta_end: float = 0.02, pipeline=None) -> dict[str, np.ndarray]:
-    """{label: abar_t (float64, t = 0..T-1)} for each named schedule, and for a pipeline's scheduler if given."""
+def schedule_curves(schedules, pipeline=None, **scheduler_config) -> dict[str, np.ndarray]:
+    """{label: abar_t (float64, t = 0..T-1)} for each named schedule (a `DDPMScheduler` with `scheduler_config`, its
+    defaults for the rest), and for a pipeline's scheduler if given."""
     from .scheduling_ddpm import DDPMScheduler
 
     curves = {}
@@ -87,19 +97,19 @@ def schedule_curves(schedules: Sequence[str] = ("linear",), num_train_timesteps:
         curves[f"pipeline ({config.beta_schedule}, T={config.num_train_timesteps})"] = (
             pipe.scheduler.diffusion.tables["alphas_cumprod"].numpy())
     for name in schedules:
-        scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
-                                  beta_schedule=name)
-        curves[f"{name} (T={num_train_timesteps})"] = scheduler.diffusion.tables["alphas_cumprod"].numpy()
+        scheduler = DDPMScheduler(**{**scheduler_config, "beta_schedule": name})
+        curves[f"{name} (T={scheduler.config.num_train_timesteps})"] = (
+            scheduler.diffusion.tables["alphas_cumprod"].numpy())
     if not curves:
         raise ValueError("no schedule to plot: name at least one schedule or give a pipeline.")
     return curves
 
 
-def plot_schedule(schedules: Sequence[str] = ("linear",), num_train_timesteps: int = 1000, beta_start: float = 1e-4,
-                  beta_end: float = 0.02, pipeline=None, output: str = "schedule.png") -> str:
+def plot_schedule(config: ScheduleOptions | None = None, /, **options) -> str:
     """abar_t and log10 SNR_t against t / T for each schedule (and the pipeline's own, if given)."""
-    _check_output(output)
-    curves = schedule_curves(schedules, num_train_timesteps, beta_start, beta_end, pipeline)
+    config = configure(ScheduleOptions, config, **options)
+    curves = schedule_curves(config.schedules(), config.pipeline, num_train_timesteps=config.num_train_timesteps,
+                             beta_start=config.beta_start, beta_end=config.beta_end)
     fig = _figure(11, 4)
     ax_abar, ax_snr = fig.subplots(1, 2)
     for label, abar in curves.items():
@@ -114,16 +124,17 @@ def plot_schedule(schedules: Sequence[str] = ("linear",), num_train_timesteps: i
         ax.grid(alpha=0.3)
     ax_abar.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, output)
+    return _save(fig, config.output)
 
 
 # ---------------------------------------------------------------------------------------------------- loss
 
 
-def read_scalars(logdir: str, tag: str = "train/loss") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_scalars(logdir, tag: str = "train/loss") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{run: (steps, values)} of scalar `tag` in every folder under `logdir` that holds TensorBoard event files."""
     from tensorboard.backend.event_processing import event_accumulator
 
+    logdir = os.fspath(logdir)
     if not os.path.isdir(logdir):
         what = "is a file, not a folder" if os.path.exists(logdir) else "not found"
         raise FileNotFoundError(f"log folder {logdir} {what}: {PASS_LOGS}.")
@@ -147,7 +158,8 @@ def read_scalars(logdir: str, tag: str = "train/loss") -> dict[str, tuple[np.nda
 
 
 def smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's smoothing: an exponential moving average, debiased for its zero start."""
+    """TensorBoard's smoothing: an exponential moving average started at 0 and debiased, value i divided by
+    1 - weight^(i+1), so that it starts at the first value instead of lagging behind it."""
     if not 0 <= weight < 1:
         raise ValueError(f"smoothing must lie in [0, 1), got {weight}.")
     out, last = np.empty_like(values), 0.0
@@ -157,121 +169,116 @@ def smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def plot_loss(logdir: str, tag: str = "train/loss", output: str | None = None, smoothing: float = 0.9,
-              log_scale: bool | None = None) -> str:
-    """The training curve of `tag` (each run under `logdir`): raw values faint, smoothed on top."""
-    _check_output(output)
-    runs = read_scalars(logdir, tag)
-    smooth(np.zeros(1), smoothing)  # validates smoothing before drawing
+def plot_loss(config: LossOptions | str | os.PathLike, /, **options) -> str:
+    """The training curve of `tag` (each run under `logdir`): raw values faint, smoothed on top; with markers when
+    there are few points."""
+    config = configure(LossOptions, config, **options)
+    runs = read_scalars(config.logdir, config.tag)
     fig = _figure(8, 4.5)
     ax = fig.subplots()
     for k, (run, (steps, values)) in enumerate(runs.items()):
         color = f"C{k}"
-        label = tag if run == "." else f"{run}"
-        ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
-        ax.plot(steps, smooth(values, smoothing), color=color, label=f"{label} (smoothed {smoothing})")
+        label = config.tag if run == "." else f"{run}"
+        marker = "o" if len(steps) <= FEW_POINTS else None
+        ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8, marker=marker, markersize=3)
+        ax.plot(steps, smooth(values, config.smoothing), color=color, marker=marker, markersize=5,
+                label=f"{label} (smoothed {config.smoothing})")
     positive = all((values > 0).all() for _, values in runs.values())
-    if log_scale if log_scale is not None else positive:
+    if config.log_scale if config.log_scale is not None else positive:
         ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel=tag, title=f"{tag} ({os.path.basename(os.path.normpath(logdir))})")
+    ax.set(xlabel="step", ylabel=config.tag,
+           title=f"{config.tag} ({os.path.basename(os.path.normpath(os.fspath(config.logdir)))})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, output or _default_output(logdir, "loss.png"))
+    return _save(fig, config.output or _default_output(config.logdir, "loss.png"))
 
 
 # ------------------------------------------------------------------------------------ progressive generation
 
 
-def plot_progressive(pipeline, output: str | None = None, num_images: int = 4, num_frames: int = 10,
-                     num_inference_steps: int | None = None, seed: int = 0, device: str | None = None) -> str:
+def plot_progressive(config: ProgressiveOptions | object, /, **options) -> str:
     """x0 predictions at `num_frames` evenly spaced timesteps of the reverse chain (paper Fig. 6); one row per
     sample, left (t = T-1, pure noise) to right (t = 0, the sample)."""
-    if num_images < 1 or num_frames < 2:
-        raise ValueError(f"need num_images >= 1 and num_frames >= 2, got {num_images} and {num_frames}.")
-    _check_output(output)
-    pipe = _load_pipeline(pipeline, device)
-    T = pipe.scheduler.config.num_train_timesteps
-    pipe.scheduler.set_timesteps(num_inference_steps or T)
+    config = configure(ProgressiveOptions, config, **options)
+    pipe = _load_pipeline(config.pipeline, config.device)
+    steps = config.num_inference_steps or pipe.scheduler.config.num_train_timesteps
+    pipe.scheduler.set_timesteps(steps)
     chain = pipe.scheduler.timesteps.tolist()
-    picks = sorted({chain[i] for i in np.linspace(0, len(chain) - 1, num_frames).round().astype(int)}, reverse=True)
-    generator = torch.Generator(pipe.device).manual_seed(seed)
-    out = pipe(batch_size=num_images, generator=generator, num_inference_steps=num_inference_steps or T,
-               output_type="np", record_timesteps=picks)
+    picks = sorted({chain[i] for i in np.linspace(0, len(chain) - 1, config.num_frames).round().astype(int)},
+                   reverse=True)
+    generator = torch.Generator(pipe.device).manual_seed(config.seed)
+    out = pipe(batch_size=config.num_images, generator=generator, num_inference_steps=steps, output_type="np",
+               record_timesteps=picks)
     frames = out.pred_original_samples
-    fig = _figure(1.2 * len(picks) + 0.6, 1.2 * num_images + 0.6)
-    axes = np.atleast_2d(fig.subplots(num_images, len(picks), squeeze=False))
+    fig = _figure(1.2 * len(picks) + 0.6, 1.2 * config.num_images + 0.6)
+    axes = fig.subplots(config.num_images, len(picks), squeeze=False)
     for col, t in enumerate(picks):
-        for row in range(num_images):
+        for row in range(config.num_images):
             _show_image(axes[row, col], frames[t][row])
         axes[0, col].set_title(f"t={t}", fontsize=8)
-    fig.suptitle(r"progressive generation: $\hat x_0$ along the reverse chain", fontsize=10)
+    _fit_suptitle(fig, r"progressive generation: $\hat x_0$ along the reverse chain")
     fig.tight_layout()
-    return _save(fig, output or _default_output(pipeline if isinstance(pipeline, str) else None, "progressive.png"))
+    return _save(fig, config.output or _default_output(config.pipeline, "progressive.png"))
 
 
 # --------------------------------------------------------------------------------------------- interpolation
 
 
-def _source_images(pipe, image_a, image_b, dataset, split, index_a, index_b):
-    """The two end points as uint8 [1, C, H, W] at the model's size: image files, or dataset images by index."""
+def _read_image(path: str, channels: int, size: int) -> torch.Tensor:
+    """An image file as uint8 [1, C, H, W], which must be at the model's size."""
     import PIL.Image
 
-    channels = pipe.unet.config.in_channels
-    size = pipe.unet.config.sample_size
-    size = size if isinstance(size, int) else size[0]
-    if (image_a is None) != (image_b is None):
-        raise ValueError("give both image_a and image_b, or neither (then dataset images are used).")
-    if image_a is not None:
-        out = []
-        for path in (image_a, image_b):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"image {path} not found.")
-            try:
-                with PIL.Image.open(path) as file:
-                    image = file.convert("L" if channels == 1 else "RGB")
-            except PIL.UnidentifiedImageError:
-                raise ValueError(f"image {path} cannot be read: it is not an image file PIL recognizes; pass a PNG or "
-                                 "JPEG image.") from None
-            except (OSError, ValueError, SyntaxError) as error:  # a damaged or truncated image file
-                raise ValueError(f"image {path} cannot be read ({' '.join(str(error).split())}): pass an intact PNG "
-                                 "or JPEG image.") from None
-            if image.size != (size, size):
-                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but the model makes {size}x{size} images.")
-            pixels = np.asarray(image)
-            pixels = pixels[..., None] if pixels.ndim == 2 else pixels
-            out.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None])
-        return out
-    from .evaluation import DatasetSpec, _ModelImages
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {path} not found.")
+    try:
+        with PIL.Image.open(path) as file:
+            image = file.convert("L" if channels == 1 else "RGB")
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"image {path} cannot be read: it is not an image file PIL recognizes; pass a PNG or "
+                         "JPEG image.") from None
+    except (OSError, ValueError, SyntaxError) as error:  # a damaged or truncated image file
+        raise ValueError(f"image {path} cannot be read ({' '.join(str(error).split())}): pass an intact PNG "
+                         "or JPEG image.") from None
+    if image.size != (size, size):
+        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} but the model makes {size}x{size} images.")
+    pixels = np.asarray(image)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]
 
-    spec = DatasetSpec(dataset, split=split)
-    raw = spec.load(max(index_a, index_b) + 1)
-    if max(index_a, index_b) >= len(raw) or min(index_a, index_b) < 0:
+
+def _source_images(pipe, config: InterpolationOptions):
+    """The two end points as uint8 [1, C, H, W] at the model's size: image files, or dataset images by index."""
+    channels = pipe.unet.config.in_channels
+    size = spatial_size(pipe.unet.config)[0]
+    if config.image_a is not None:
+        return _read_image(config.image_a, channels, size), _read_image(config.image_b, channels, size)
+    index_a, index_b = config.index_a, config.index_b
+    raw = DatasetSpec(config.dataset, split=config.split).load(max(index_a, index_b) + 1)
+    if max(index_a, index_b) >= len(raw):
         raise ValueError(f"image indices {index_a} and {index_b} must lie in [0, {len(raw) - 1}].")
-    images = _ModelImages(raw, size, channels, resize=False)
+    images = ModelImages(raw, size, channels, resize=False)
     return images[index_a][None], images[index_b][None]
 
 
-def plot_interpolation(pipeline, output: str | None = None, image_a: str | None = None, image_b: str | None = None,
-                       dataset: str = "fashion_mnist", split: str | None = None, index_a: int = 0, index_b: int = 1,
-                       timesteps: Sequence[int] | None = None, num_points: int = 9,
-                       num_inference_steps: int | None = None, seed: int = 0, device: str | None = None) -> str:
+def plot_interpolation(config: InterpolationOptions | object, /, **options) -> str:
     """Interpolations between two images (paper Sec. 4.4): one row per t (default T/4, T/2, 3T/4), the sources at
     the ends and `num_points` mixing weights lambda in [0, 1] between them."""
-    _check_output(output)
-    pipe = _load_pipeline(pipeline, device)
+    config = configure(InterpolationOptions, config, **options)
+    pipe = _load_pipeline(config.pipeline, config.device)
     T = pipe.scheduler.config.num_train_timesteps
-    timesteps = list(timesteps) if timesteps else sorted({min(T - 1, round(f * T)) for f in (0.25, 0.5, 0.75)})
+    timesteps = config.timesteps or sorted({min(T - 1, round(f * T)) for f in (0.25, 0.5, 0.75)})
     bad = [t for t in timesteps if not 0 <= t < T]
     if bad:
         raise ValueError(f"timesteps {bad} are outside [0, {T - 1}].")
-    x_a, x_b = _source_images(pipe, image_a, image_b, dataset, split, index_a, index_b)
+    x_a, x_b = _source_images(pipe, config)
     rows = []
     for t in timesteps:
-        generator = torch.Generator(pipe.device).manual_seed(seed)
-        rows.append(pipe.interpolate(x_a, x_b, t=t, num_points=num_points, generator=generator,
-                                     num_inference_steps=num_inference_steps, output_type="np").images)
+        generator = torch.Generator(pipe.device).manual_seed(config.seed)
+        rows.append(pipe.interpolate(x_a, x_b, t=t, num_points=config.num_points, generator=generator,
+                                     num_inference_steps=config.num_inference_steps, output_type="np").images)
     sources = [x.permute(0, 2, 3, 1)[0].numpy() / 255 for x in (x_a, x_b)]
+    num_points = config.num_points
     fig = _figure(1.1 * (num_points + 2) + 0.6, 1.2 * len(timesteps) + 0.7)
     axes = fig.subplots(len(timesteps), num_points + 2, squeeze=False)
     lambdas = np.linspace(0, 1, num_points)
@@ -285,18 +292,17 @@ def plot_interpolation(pipeline, output: str | None = None, image_a: str | None 
         axes[r, 0].set_ylabel(f"t={t}", fontsize=8)
     axes[0, 0].set_title("source", fontsize=7)
     axes[0, -1].set_title("source", fontsize=7)
-    fig.suptitle("interpolation in the diffusion latent space (rows: t of the encoding)", fontsize=10)
+    _fit_suptitle(fig, "interpolation in the diffusion latent space: rows are the t of the encoding")
     fig.tight_layout()
-    return _save(fig, output or _default_output(pipeline if isinstance(pipeline, str) else None, "interpolation.png"))
+    return _save(fig, config.output or _default_output(config.pipeline, "interpolation.png"))
 
 
 # ------------------------------------------------------------------------------------ bits/dim pictures
 
 
-def load_bpd_terms(path: str) -> dict[str, np.ndarray]:
+def load_bpd_terms(path) -> dict[str, np.ndarray]:
     """The arrays of `hf-ddpm evaluate`'s bpd_terms.npz (`path` is the file or its folder)."""
-    from .evaluation import BPD_TERMS_FILE, load_npz
-
+    path = os.fspath(path)
     file = os.path.join(path, BPD_TERMS_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} not found: run `hf-ddpm evaluate PIPELINE --metrics bpd` first.")
@@ -333,10 +339,10 @@ def rate_distortion_curves(terms: dict[str, np.ndarray]) -> dict[str, np.ndarray
     }
 
 
-def plot_rate_distortion(eval_dir: str, output: str | None = None) -> str:
+def plot_rate_distortion(config: BpdTermsOptions | str | os.PathLike, /, **options) -> str:
     """Distortion and rate against reverse steps, and distortion against rate (paper Fig. 5)."""
-    _check_output(output)
-    curves = rate_distortion_curves(load_bpd_terms(eval_dir))
+    config = configure(BpdTermsOptions, config, **options)
+    curves = rate_distortion_curves(load_bpd_terms(config.eval_dir))
     fig = _figure(13, 4)
     ax_d, ax_r, ax_rd = fig.subplots(1, 3)
     ax_d.plot(curves["steps"], curves["distortion"])
@@ -349,13 +355,13 @@ def plot_rate_distortion(eval_dir: str, output: str | None = None) -> str:
         ax.grid(alpha=0.3)
     fig.suptitle(f"rate-distortion (total bound {float(curves['total_bpd']):.3f} bits/dim)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, output or _default_output(eval_dir, "rate_distortion.png"))
+    return _save(fig, config.output or _default_output(config.eval_dir, "rate_distortion.png"))
 
 
-def plot_bpd_terms(eval_dir: str, output: str | None = None) -> str:
+def plot_bpd_terms(config: BpdTermsOptions | str | os.PathLike, /, **options) -> str:
     """The per-step terms L_t of the bound (mean over images, with the 10-90% band), log scale."""
-    _check_output(output)
-    terms = load_bpd_terms(eval_dir)
+    config = configure(BpdTermsOptions, config, **options)
+    terms = load_bpd_terms(config.eval_dir)
     values = terms["terms_bpd"]
     T = values.shape[1]
     t = np.arange(T)
@@ -375,79 +381,4 @@ def plot_bpd_terms(eval_dir: str, output: str | None = None) -> str:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, output or _default_output(eval_dir, "bpd_terms.png"))
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def register_cli(subparsers) -> None:
-    from .schedules import SCHEDULES
-
-    parser = subparsers.add_parser("plot", help="pictures: schedule, loss, progressive, interpolation, "
-                                                "rate-distortion, bpd-terms (PNG)",
-                                   description="Draw one picture as a PNG file.")
-    plots = parser.add_subparsers(dest="plot", required=True, metavar="PICTURE")
-
-    p = plots.add_parser("schedule", help="abar_t and SNR of noise schedules")
-    p.add_argument("--beta-schedule", nargs="+", default=None, choices=SCHEDULES, metavar="NAME",
-                   help=f"schedules to draw (default: linear, or none with --pipeline); from {', '.join(SCHEDULES)}")
-    p.add_argument("--num-train-timesteps", type=int, default=1000)
-    p.add_argument("--beta-start", type=float, default=1e-4)
-    p.add_argument("--beta-end", type=float, default=0.02)
-    p.add_argument("--pipeline", default=None, help="also draw this saved pipeline's schedule")
-    p.add_argument("--output", default="schedule.png")
-    p.set_defaults(run=lambda a: _done(plot_schedule(
-        a.beta_schedule if a.beta_schedule is not None else ([] if a.pipeline else ["linear"]),
-        a.num_train_timesteps, a.beta_start, a.beta_end, a.pipeline, a.output)))
-
-    p = plots.add_parser("loss", help="a training scalar from TensorBoard logs")
-    p.add_argument("logdir", help="folder with TensorBoard event files (searched recursively)")
-    p.add_argument("--tag", default="train/loss", help="scalar tag (default: %(default)s)")
-    p.add_argument("--smoothing", type=float, default=0.9, help="TensorBoard-style EMA weight in [0, 1)")
-    p.add_argument("--output", default=None, help="PNG path (default: LOGDIR/loss.png)")
-    p.set_defaults(run=lambda a: _done(plot_loss(a.logdir, a.tag, a.output, a.smoothing)))
-
-    p = plots.add_parser("progressive", help="x0 predictions along the reverse chain (paper Fig. 6)")
-    p.add_argument("pipeline", help="saved pipeline folder")
-    p.add_argument("--num-images", type=int, default=4)
-    p.add_argument("--num-frames", type=int, default=10)
-    p.add_argument("--num-inference-steps", type=int, default=None, help="sampling steps (default: all T)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--output", default=None, help="PNG path (default: PIPELINE/progressive.png)")
-    p.set_defaults(run=lambda a: _done(plot_progressive(a.pipeline, a.output, a.num_images, a.num_frames,
-                                                        a.num_inference_steps, a.seed, a.device)))
-
-    p = plots.add_parser("interpolation", help="latent-space interpolation between two images (paper Sec. 4.4)")
-    p.add_argument("pipeline", help="saved pipeline folder")
-    p.add_argument("--image-a", default=None, help="image file (else dataset image --index-a)")
-    p.add_argument("--image-b", default=None)
-    p.add_argument("--dataset", default="fashion_mnist", help="where the end points come from without image files")
-    p.add_argument("--split", default=None)
-    p.add_argument("--index-a", type=int, default=0)
-    p.add_argument("--index-b", type=int, default=1)
-    p.add_argument("--t", type=int, nargs="+", default=None, dest="timesteps",
-                   help="timesteps of the encoding, one row each (default: T/4, T/2, 3T/4)")
-    p.add_argument("--num-points", type=int, default=9, help="mixing weights between the end points")
-    p.add_argument("--num-inference-steps", type=int, default=None, help="decoding steps (default: all t)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--output", default=None, help="PNG path (default: PIPELINE/interpolation.png)")
-    p.set_defaults(run=lambda a: _done(plot_interpolation(
-        a.pipeline, a.output, a.image_a, a.image_b, a.dataset, a.split, a.index_a, a.index_b, a.timesteps,
-        a.num_points, a.num_inference_steps, a.seed, a.device)))
-
-    for name, function, picture in (("rate-distortion", plot_rate_distortion, "rate_distortion.png"),
-                                    ("bpd-terms", plot_bpd_terms, "bpd_terms.png")):
-        what = "cumulative rate vs RMSE of x0 predictions (paper Fig. 5)" if function is plot_rate_distortion \
-            else "per-step bits/dim terms of the bound"
-        p = plots.add_parser(name, help=what)
-        p.add_argument("eval_dir", help="folder with bpd_terms.npz from `hf-ddpm evaluate` (or the file)")
-        p.add_argument("--output", default=None, help=f"PNG path (default: EVAL_DIR/{picture})")
-        p.set_defaults(run=lambda a, f=function: _done(f(a.eval_dir, a.output)))
-
-
-def _done(path: str) -> int:
-    print(path)
-    return 0
+    return _save(fig, config.output or _default_output(config.eval_dir, "bpd_terms.png"))

@@ -28,7 +28,16 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput, rescale_zero_terminal_snr
 from diffusers.utils.torch_utils import randn_tensor
 
-from .gaussian_diffusion import PREDICTION_TYPES, VARIANCE_TYPES, GaussianDiffusion, _check_choice
+from .checks import (
+    batch_of,
+    check_generator,
+    check_model_output,
+    check_positive_int,
+    check_timestep_batch,
+    scalar_timestep,
+    train_timesteps,
+)
+from .gaussian_diffusion import PREDICTION_TYPES, VARIANCE_TYPES, DiffusionObjective, GaussianDiffusion, _check_choice
 from .schedules import SCHEDULES, STOCK_SCHEDULES, make_beta_schedule
 from .stock_compat import StockConfigMixin
 
@@ -106,8 +115,8 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         """Stock timesteps for `num_inference_steps` (or custom `timesteps`), plus the respaced process for them."""
         if num_inference_steps is None and timesteps is None:
             raise ValueError("set_timesteps needs num_inference_steps (e.g. 1000) or a descending list of timesteps.")
-        if num_inference_steps is not None and not (isinstance(num_inference_steps, int) and num_inference_steps >= 1):
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        if num_inference_steps is not None:
+            num_inference_steps = check_positive_int(num_inference_steps, "num_inference_steps")
         super().set_timesteps(num_inference_steps, device, timesteps)
         if (self.timesteps < 0).any():  # stock's "trailing" rounding can append t = -1 (e.g. 61 of 1000 steps)
             self.timesteps = self.timesteps[self.timesteps >= 0]
@@ -129,7 +138,7 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
             alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
             respaced_betas = 1.0 - alphas_cumprod / alphas_cumprod_prev  # Improved DDPM, Sec. 4
             self._sampling_diffusion = GaussianDiffusion(
-                respaced_betas, self.config.prediction_type, self.config.variance_type
+                respaced_betas, self.config.prediction_type, self.config.variance_type, alphas_cumprod.log()
             )
         self._chain_position = {t: k for k, t in enumerate(chain)}
         position_table = torch.full((T,), -1, dtype=torch.long)
@@ -140,7 +149,7 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
     def _chain_positions(self, timestep, sample: torch.Tensor):
         """Map original timesteps to positions in the sampling chain: an int, or a [B] long tensor on the device."""
         if isinstance(timestep, torch.Tensor) and timestep.ndim > 0:
-            self._check_batch(timestep, sample)
+            check_timestep_batch(timestep, batch_of(sample))
             if timestep.device.type == "cpu" and (
                 (timestep < 0).any() or (timestep >= len(self)).any()
                 or (self._chain_position_table[timestep.clamp(0, len(self) - 1)] < 0).any()
@@ -153,10 +162,11 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
             if device not in self._chain_position_tables_on_device:
                 self._chain_position_tables_on_device[device] = self._chain_position_table.to(device)
             return self._chain_position_tables_on_device[device][timestep.to(device=device, dtype=torch.long)]
-        position = self._chain_position.get(int(timestep))
+        timestep = scalar_timestep(timestep)  # never truncates a float
+        position = self._chain_position.get(timestep)
         if position is None:
             raise ValueError(
-                f"timestep {int(timestep)} is not in the sampling chain: step() takes the values of "
+                f"timestep {timestep} is not in the sampling chain: step() takes the values of "
                 "scheduler.timesteps after set_timesteps()."
             )
         return position
@@ -171,6 +181,13 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
             return self._threshold_sample
         limit = self.config.clip_sample_range
         return lambda x0: x0.clamp(-limit, limit)
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        """Stock's dynamic thresholding, also for [B, C] samples: stock flattens with C * np.prod([]), a float, and
+        raises TypeError there; with a spatial dim of size 1 the quantile per image is the same."""
+        if sample.ndim == 2:
+            return super()._threshold_sample(sample[..., None])[..., 0]
+        return super()._threshold_sample(sample)
 
     def step(
         self,
@@ -196,6 +213,7 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         adds_noise = position > 0  # the last step of the chain returns the mean: no noise at t = 0
         if not isinstance(adds_noise, bool) or adds_noise:
             if variance_noise is None:
+                check_generator(generator, sample.shape[0])
                 variance_noise = randn_tensor(
                     sample.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
                 )
@@ -221,34 +239,26 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
 
     # ------------------------------------------------------------------ the paper's math, batched over t
     def _check_batch(self, t: torch.Tensor, x: torch.Tensor) -> None:
-        if t.ndim != 1 or (x.ndim > 0 and t.shape[0] != x.shape[0]):
-            raise ValueError(
-                f"timesteps must have shape [batch] = [{x.shape[0] if x.ndim else '?'}] (or be a scalar), "
-                f"got {tuple(t.shape)}."
-            )
+        check_timestep_batch(t, batch_of(x))
 
     def _train_timesteps(self, t, x: torch.Tensor):
-        """Validate timesteps of the T-step process: an int, or a [B] integer tensor moved to x's device.
+        """Validate timesteps of the T-step process: an int, or a [B] integer tensor moved to x's device
+        (`hf_ddpm.checks.train_timesteps`: floats are never truncated; accelerator tensors are not range-checked,
+        which would cost a host synchronization on every call)."""
+        return train_timesteps(t, x, self.config.num_train_timesteps)
 
-        Range checks run for ints and CPU tensors; tensors already on an accelerator are trusted, since checking
-        them would cost a host synchronization on every call.
-        """
-        T = self.config.num_train_timesteps
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
-            self._check_batch(t, x)
-            if t.dtype.is_floating_point or t.dtype == torch.bool:
-                raise ValueError(f"timesteps must be integers, got dtype {t.dtype}.")
-            if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= T):
-                raise ValueError(f"timesteps must lie in [0, {T - 1}], got values {int(t.min())}..{int(t.max())}.")
-            return t.to(device=x.device, dtype=torch.long)
-        if isinstance(t, float) and not t.is_integer():
-            raise ValueError(f"timestep must be an integer, got {t!r}.")
-        if not isinstance(t, (int, float, np.integer, torch.Tensor)) or isinstance(t, bool):
-            raise ValueError(f"timesteps must be an int or an integer tensor of shape [batch], got {type(t).__name__}.")
-        t = int(t)
-        if not 0 <= t < T:
-            raise ValueError(f"timestep must lie in [0, {T - 1}], got {t}.")
-        return t
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """Stock `add_noise` (the same numbers), with the timesteps checked: an int or a [B] integer tensor in
+        [0, T) (stock indexes with them unchecked: IndexError, or silent float truncation)."""
+        t = self._train_timesteps(timesteps, original_samples)
+        t = torch.tensor(t, device=original_samples.device) if isinstance(t, int) else t
+        return super().add_noise(original_samples, noise, t)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """Stock `get_velocity` (v = sqrt(abar) eps - sqrt(1 - abar) x0), timesteps checked as in `add_noise`."""
+        t = self._train_timesteps(timesteps, sample)
+        t = torch.tensor(t, device=sample.device) if isinstance(t, int) else t
+        return super().get_velocity(sample, noise, t)
 
     @staticmethod
     def _check_same_shape(**tensors: torch.Tensor) -> None:
@@ -257,11 +267,7 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
             raise ValueError(f"shapes must match, got {shapes}.")
 
     def _check_model_output(self, model_output: torch.Tensor, x_t: torch.Tensor) -> None:
-        if model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:]:
-            raise ValueError(
-                f"model_output {tuple(model_output.shape)} does not match x_t {tuple(x_t.shape)} in batch or "
-                "spatial size."
-            )
+        check_model_output(model_output, x_t)
 
     def q_mean_variance(self, x0: torch.Tensor, t):
         """Mean, variance and log-variance of q(x_t | x_0) (eq. 4)."""
@@ -314,12 +320,15 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         snr_gamma: float = 5.0,
         p2_k: float = 1.0,
         p2_gamma: float = 1.0,
+        *,
+        objective: DiffusionObjective | None = None,
     ) -> dict:
         """Per-sample `simple` / `kl` / `hybrid` losses with optional min-SNR or P2 weighting; see
-        `GaussianDiffusion.training_losses`. x0_hat is not clipped here, so gradients reach every prediction."""
+        `DiffusionObjective`. A training loop builds the `objective` once and passes it instead of the loss
+        keywords. x0_hat is not clipped here, so gradients reach every prediction."""
+        if objective is None:
+            objective = DiffusionObjective(loss_type, loss_weighting, snr_gamma, p2_k, p2_gamma)
         self._check_same_shape(x0=x0, x_t=x_t, noise=noise)
         self._check_model_output(model_output, x_t)
         t = self._train_timesteps(t, x_t)
-        return self.diffusion.training_losses(
-            model_output, x0, x_t, noise, t, loss_type, loss_weighting, snr_gamma, p2_k, p2_gamma
-        )
+        return self.diffusion.training_losses(model_output, x0, x_t, noise, t, objective)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 
+from .checks import check_config_kind, check_pretrained_source
+
 
 class StockConfigMixin:
     """Mixin for ConfigMixin subclasses: serialize `_class_name` (and pipeline components) as stock diffusers."""
@@ -27,15 +29,28 @@ class StockConfigMixin:
                 config[name] = ["diffusers", stock_name]
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' `from_config`, refusing a config of another kind of class (a UNet config given to a
+        scheduler, or the reverse), which diffusers would silently turn into a default object."""
+        check_config_kind(cls, config)
+        return super().from_config(config, return_unused_kwargs, **kwargs)
 
-def load_safetensors_only(load, pretrained_model_name_or_path, **kwargs):
+
+def load_safetensors_only(load, pretrained_model_name_or_path, kind: str | None = None, **kwargs):
     """Call a diffusers `from_pretrained` with safetensors required unless the caller opts out explicitly, and
     turn diffusers' loading failures into one line that names the problem and its fix.
 
-    Pickle weights (.bin/.pt) execute code when loaded, so they are read only with `use_safetensors=False`.
+    `kind` ("pipeline" or "model") checks a local folder first (`hf_ddpm.checks.check_pretrained_source`): that it
+    exists, holds a well-formed model_index.json / config of the right kind, and is not a pipeline folder given to
+    a model without `subfolder`. Pickle weights (.bin/.pt) execute code when loaded, so they are read only with
+    `use_safetensors=False`.
     """
     kwargs.setdefault("use_safetensors", True)
-    source = str(pretrained_model_name_or_path)
+    if kind is not None:
+        source = check_pretrained_source(pretrained_model_name_or_path, kind, kwargs.get("subfolder"))
+    else:
+        source = str(pretrained_model_name_or_path)
     try:
         return load(source, **kwargs)
     except OSError as error:

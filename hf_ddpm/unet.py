@@ -17,6 +17,7 @@ import inspect
 
 from diffusers import UNet2DModel
 
+from .checks import check_unet_config
 from .stock_compat import StockConfigMixin, load_safetensors_only
 
 # Settings every preset shares, chosen to reproduce the paper's network in diffusers' building blocks.
@@ -89,7 +90,7 @@ class DDPMUNet2DModel(StockConfigMixin, UNet2DModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' loader, restricted to safetensors unless `use_safetensors=False` is passed explicitly."""
-        return load_safetensors_only(super().from_pretrained, pretrained_model_name_or_path, **kwargs)
+        return load_safetensors_only(super().from_pretrained, pretrained_model_name_or_path, kind="model", **kwargs)
 
     @classmethod
     def preset_config(cls, name: str, learned_variance: bool = False, **overrides) -> dict:
@@ -99,9 +100,11 @@ class DDPMUNet2DModel(StockConfigMixin, UNet2DModel):
         config = {**UNET_PRESETS[name], **overrides}
         unknown = set(overrides) - set(inspect.signature(UNet2DModel.__init__).parameters)
         if unknown:
-            raise ValueError(f"Unknown UNet2DModel options {sorted(unknown)}: see diffusers' UNet2DModel arguments.")
+            raise ValueError(f"Unknown UNet2DModel options {sorted(unknown)}: pass only arguments of diffusers' "
+                             "UNet2DModel (e.g. sample_size, block_out_channels, dropout).")
         if learned_variance:
             config["out_channels"] = 2 * config["in_channels"]
+        check_unet_config(config)  # before anything is built: a size the network cannot halve fails in torch.cat
         return config
 
     @classmethod

@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/fashion-mnist-cpu}
 
 bash scripts/setup.sh
+# Every launcher setting is passed, so accelerate prints no "values were not passed" warning; the thread count is
+# the one it would choose itself (one per physical core).
+THREADS=${OMP_NUM_THREADS:-$(python -c "import psutil; print(psutil.cpu_count(logical=False) or 1)")}
 accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  --num_cpu_threads_per_process "$THREADS" \
   training/train.py --config fashion_mnist_cpu --output_dir "$OUT" --resume_from_checkpoint latest "$@"
 # Small, CPU-sized evaluation: the numbers are for this demo, not comparable with the paper's 50k-sample FID.
 hf-ddpm evaluate "$OUT/pipeline" --dataset fashion_mnist --split test --num-samples 200 \

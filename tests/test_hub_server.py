@@ -1,4 +1,4 @@
-"""The LocalHub fake (tests/hub_server.py) works with the REAL huggingface_hub / diffusers clients.
+"""The LocalHub fake (tests/support/hub_server.py) works with the REAL huggingface_hub / diffusers clients.
 
 In-process calls pass ``endpoint=hub.endpoint``; downloads that must see ``HF_ENDPOINT`` / ``HF_HOME`` /
 ``HF_HUB_OFFLINE`` (read by huggingface_hub at import time) run in a subprocess.
@@ -15,14 +15,13 @@ import textwrap
 import urllib.request
 from pathlib import Path
 
+import huggingface_hub.constants as hf_constants
 import pytest
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hub_server import LocalHub  # noqa: E402
-
-import huggingface_hub.constants as hf_constants  # noqa: E402
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download  # noqa: E402
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError  # noqa: E402
+from support import hub_server
+from support.hub_server import LocalHub
 
 TOKEN = "hf_localhubTestToken0123456789"
 REPO = "test-user/tiny-model"
@@ -314,7 +313,7 @@ def test_only_listed_tokens_are_accepted():
 
 # --------------------------------------------------------------------------------------------- standalone
 def test_standalone_process_prints_endpoint_and_persists_state(tmp_path):
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hub_server.py")
+    script = hub_server.__file__
     proc = subprocess.Popen(
         [sys.executable, script, "--port", "0", "--root", str(tmp_path)], stdout=subprocess.PIPE, text=True
     )

@@ -17,8 +17,8 @@ v-prediction never divide by abar and are tested at every timestep. `test_zero_t
 abar = 0 on its own.
 
 The last section holds deterministic regressions of bugs these properties found (trailing spacing, negative
-batched timesteps, float64 precision at t = 0, subnormal abar), now fixed, and one bug inherited from stock
-diffusers' thresholding, kept as xfail(strict=True) so that its fix upstream is noticed.
+batched timesteps, float64 precision at t = 0, subnormal abar, stock diffusers' thresholding of [B, C] samples),
+now fixed.
 """
 
 from __future__ import annotations
@@ -715,14 +715,17 @@ def test_batched_step_rejects_negative_timesteps_like_scalar_step():
     assert not torch.equal(batched, from_last), "timestep -1 was accepted and treated as t = T-1"
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG (inherited from stock): thresholding fails on [B, C] samples")
 def test_thresholding_without_spatial_dims():
     """Every other method accepts [B, C] data; stock's _threshold_sample does reshape(B, C * np.prod([])) with
-    np.prod([]) = 1.0, a float: TypeError."""
+    np.prod([]) = 1.0, a float: TypeError (a bug inherited from stock, fixed in hf_ddpm's override). [B, C] data
+    thresholds as [B, C, 1] data does."""
     sched = DDPMScheduler(num_train_timesteps=10, thresholding=True)
-    x = torch.randn(2, 3)
+    x = 3 * torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
     p = sched.p_mean_variance(torch.randn_like(x), x, 5)
     assert finite(*p.values())
+    with_dim = sched.p_mean_variance(torch.zeros_like(x)[..., None], x[..., None], 5)
+    torch.testing.assert_close(sched.p_mean_variance(torch.zeros_like(x), x, 5)["pred_x0"],
+                               with_dim["pred_x0"][..., 0])
 
 
 def test_last_step_returns_pred_x0_exactly_in_float64():

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from test_train import ROOT, TRAIN, assert_same_weights, final_weights, logged, run_train, train_args, tiny_config  # noqa: F401
+from support.train_server import (ROOT, TRAIN, assert_same_weights, final_weights, logged, run_train, run_with_probe,
+                                  train_args)
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +22,6 @@ def reference(tiny_config, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("reference")
     run_train(train_args(tiny_config, output_dir, checkpointing_steps=2))
     return output_dir
-
-
-def run_with_probe(tmp_path, args, probe_body: str):
-    """Run train.py under a wrapper that installs a fault (`probe_body`) before the script starts."""
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import os, runpy, signal, sys\n"
-        + probe_body
-        + f"\nsys.argv = [{str(TRAIN)!r}] + sys.argv[1:]\nrunpy.run_path({str(TRAIN)!r}, run_name='__main__')\n"
-    )
-    return subprocess.run([sys.executable, str(probe), *args], capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
 def kill_randomly_until_done(args, output_dir, kills: int, seed: int) -> int:
@@ -110,9 +100,9 @@ def test_full_disk_stops_cleanly_and_keeps_the_previous_checkpoint(reference, ti
         "    return real(tensors, filename, *a, **k)\n"
         "st.save_file = fill_disk\n"
     ))
-    assert full.returncode != 0
+    assert full.returncode == 1  # a runtime failure
     last_line = full.stderr.strip().splitlines()[-1]
-    assert "could not write checkpoint-6 (No space left on device)" in last_line
+    assert last_line.startswith("train.py: error: could not write checkpoint-6 (No space left on device)")
     assert "checkpoint-4" in last_line and "--resume_from_checkpoint latest" in last_line
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["checkpoint-2", "checkpoint-4"]  # the partial write was removed, nothing else touched
@@ -124,9 +114,10 @@ def test_unwritable_output_dir_fails_at_start_with_one_line(tiny_config, tmp_pat
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = run_train(train_args(tiny_config, blocker / "out"), check=False)
-    assert result.returncode != 0
+    assert result.returncode == 2  # a usage error
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: cannot write to --output_dir") and "choose a writable folder" in last_line
+    assert last_line.startswith(f"train.py: error: cannot write to {blocker / 'out'} (")
+    assert last_line.endswith("(--output_dir): choose a writable folder")
     assert blocker.read_text() == "not a folder"
 
 
@@ -144,7 +135,7 @@ def test_nan_loss_is_reported_with_its_step_and_never_saved(tiny_config, tmp_pat
         "    return out\n"
         "gd.GaussianDiffusion.training_losses = poisoned\n"
     ))
-    assert result.returncode != 0
-    assert "the loss became nan between steps 5 and 6" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1  # a runtime failure
+    assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: the loss became nan between steps 5 and 6")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "pipeline").exists()

@@ -198,3 +198,18 @@ def test_bad_call_errors():
     sched.set_timesteps(10)
     with pytest.raises(ValueError, match="timestep 7 is not in the sampling chain"):
         sched.step(x, 7, x)
+
+
+def test_respaced_chain_keeps_abar_where_one_minus_abar_rounds_to_one():
+    # abar_{T-1} ~ 1e-18: a one-step chain from T-1 has 1 - beta' = abar_{T-1} / 1, which rounds to 0 in float64
+    # when recomputed from beta'; the respaced tables must keep abar itself (found by test_step_chain).
+    T = 40
+    sched = DDPMScheduler(num_train_timesteps=T, trained_betas=[0.65] * T, timestep_spacing="trailing",
+                          clip_sample=False)
+    abar = sched.diffusion.tables["alphas_cumprod"][T - 1]
+    assert 0 < abar < 1e-16 and 1.0 - abar == 1.0
+    sched.set_timesteps(1)
+    x_t = torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    x0 = sched.step(torch.zeros_like(x_t), T - 1, x_t).pred_original_sample
+    assert torch.isfinite(x0).all()
+    torch.testing.assert_close(x0, x_t / abar.sqrt(), rtol=1e-12, atol=0)  # x0 = x_t / sqrt(abar) for eps = 0

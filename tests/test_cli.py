@@ -1,0 +1,78 @@
+"""The `hf-ddpm` command line as a whole (issue 9): every option of every registered command documented and with a
+validator decision, and the one error policy (one line; exit 2 for usage errors, 1 for failures; --debug)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import offline_env
+from hf_ddpm import cli
+from hf_ddpm.options import OptionParser, declared, walk_parsers
+
+DECISIONS = ("choices", "range", "check", "free")
+
+
+def commands() -> list[tuple[str, OptionParser]]:
+    return [(name, parser) for name, parser in walk_parsers(cli.build_parser()) if name != "hf-ddpm"]
+
+
+def test_every_registered_command_is_walked():
+    names = {name for name, _ in commands()}
+    for command in cli.COMMANDS:
+        assert command.name in names
+        for sub in command.subcommands:
+            assert f"{command.name} {sub.name}" in names
+
+
+@pytest.mark.parametrize("name, parser", commands(), ids=[name for name, _ in commands()])
+def test_every_option_has_help_and_a_validator_decision(name, parser):
+    """Each flag shows help; each field of the command's options dataclass says how it is checked: `choices`,
+    `range`, a `check` callable, or `free="why any value is fine / where it is checked"`."""
+    undocumented = [action.option_strings or [action.dest] for action in parser._actions
+                    if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
+    assert not undocumented, f"hf-ddpm {name}: options without help: {undocumented}"
+    for config_class in parser.dataclass_types:
+        for field in declared(config_class):
+            meta = field.metadata
+            assert (meta.get("help") or "").strip(), f"hf-ddpm {name}: {field.name} has no help text"
+            decided = [key for key in DECISIONS if meta.get(key) is not None]
+            assert decided, f"hf-ddpm {name}: {field.name} has no validator decision (one of {DECISIONS})"
+            if meta.get("free") is not None:
+                assert meta["free"].strip(), f"hf-ddpm {name}: {field.name}: free= must say why or where"
+
+
+def test_a_usage_error_is_one_line_with_exit_status_2(tmp_path):
+    """The installed command, as a user runs it."""
+    result = subprocess.run([sys.executable, "-m", "hf_ddpm.cli", "evaluate", str(tmp_path / "nonexistent")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **offline_env(tmp_path / "hf-home")})
+    assert result.returncode == 2
+    assert result.stderr.startswith("hf-ddpm evaluate: error: pipeline folder ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_runtime_failure_is_one_line_with_exit_status_1_and_debug_shows_the_traceback(
+        tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
+    import hf_ddpm.evaluation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the accelerator went away\nsecond line")
+
+    monkeypatch.setattr(hf_ddpm.evaluation, "bits_per_dim", broken)
+    argv = ["evaluate", tiny_pipeline_dir, "--metrics", "bpd", "--bpd-num-images", "1", "--output",
+            str(tmp_path / "out"), "--quiet"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == ("hf-ddpm evaluate: error: RuntimeError: the accelerator went away second line "
+                   "(rerun with --debug for the traceback)\n")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(RuntimeError, match="the accelerator went away"):
+        cli.main([*argv, "--debug"])
+    monkeypatch.setenv("HF_DDPM_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="the accelerator went away"):
+        cli.main(argv)
