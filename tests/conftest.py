@@ -145,3 +145,16 @@ def tiny_dinov2():
     config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                           patch_size=7, image_size=28)
     return Dinov2Model(config).eval()
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`hf-ddpm ARGV` in this process: (exit status, stdout, stderr)."""
+    from hf_ddpm import cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:  # the parser's own errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -17,7 +17,7 @@ import PIL.Image
 import pytest
 import torch
 
-from conftest import T, tiny_pipeline, tiny_unet
+from conftest import T, run_cli, tiny_pipeline, tiny_unet
 from hf_ddpm import DDPMLikelihoodPipeline, DDPMPipeline, DDPMScheduler, cli
 from hf_ddpm import evaluation as ev
 from hf_ddpm.commands import evaluate as evaluate_command
@@ -37,15 +37,7 @@ def idx_file(path, images: np.ndarray) -> str:
     return str(path)
 
 
-def run(argv, capsys) -> tuple[int, str, str]:
-    """`hf-ddpm ARGV` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:  # the parser's own errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+run = run_cli
 
 
 # ----------------------------------------------------------------------------------------------- bits/dim

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import T
+from conftest import T, run_cli
 from hf_ddpm import cli, plots
 from hf_ddpm.commands import plot as plot_command
 
@@ -66,13 +66,8 @@ def near(pixels: np.ndarray, colour: np.ndarray, tolerance: int = 30) -> np.ndar
 
 
 def run(argv, capsys):
-    capsys.readouterr()
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:  # the parser's own errors
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out.strip(), captured.err
+    code, out, err = run_cli(argv, capsys)
+    return code, out.strip(), err
 
 
 # ------------------------------------------------------------------------------------------------ schedule
