@@ -179,7 +179,7 @@ class DDPMPipelineMixin(StockConfigMixin):
                     "return: use a scheduler whose step output has pred_original_sample (e.g. DDPMScheduler, "
                     "DDIMScheduler, EulerDiscreteScheduler), or leave record_timesteps out."
                 )
-            if t.item() in record:
+            if record and t.item() in record:  # .item() is a host sync: only when recording
                 recorded[t.item()] = step.pred_original_sample
         return x_t, recorded
 
