@@ -61,8 +61,8 @@ def bench_likelihood(args, device) -> dict:
             ((vb["pred_x0"] - x0_batch) ** 2).mean(dim=(1, 2, 3))
         scheduler.prior_bpd(x0)
 
-    times = interleaved({"bare UNet on B*T pairs": bare_unet, "DDPMLikelihoodPipeline": likelihood,
-                         "likelihood math only (no UNet)": math_only}, args.repeats, device)
+    times, _ = interleaved({"bare UNet on B*T pairs": bare_unet, "DDPMLikelihoodPipeline": likelihood,
+                            "likelihood math only (no UNet)": math_only}, args.repeats, device)
     bare = times["bare UNet on B*T pairs"]
     return {
         "preset": args.preset, "num_images": args.num_images, "timesteps": args.timesteps,
@@ -83,9 +83,9 @@ def bench_inception(args, device) -> dict:
         with torch.inference_mode():
             extractor.model(resized)
 
-    times = interleaved({"bare TorchScript Inception (299x299 input)": bare,
-                         "InceptionV3Features.extract (28x28 gray input)": lambda: extractor.extract(gray)},
-                        args.repeats, device)
+    times, _ = interleaved({"bare TorchScript Inception (299x299 input)": bare,
+                            "InceptionV3Features.extract (28x28 gray input)": lambda: extractor.extract(gray)},
+                           args.repeats, device)
     return {"batch_size": args.feature_batch_size,
             "images_per_second": {name: args.feature_batch_size / s for name, s in times.items()}}
 

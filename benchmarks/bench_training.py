@@ -1,119 +1,249 @@
-"""Training throughput (images/s): training/train.py vs a loop equivalent to diffusers' train_unconditional.py
-vs the bare forward + backward + optimizer step (the limit). Same model, batch, precision and data.
+"""Training throughput (images/s) and peak GPU memory: training/train.py vs a loop doing the per-step work of
+diffusers' train_unconditional.py vs the bare forward + backward + optimizer step (the limit). Same model, batch,
+precision and synthetic data (random uint8 images at the model's size); optionally channels-last memory,
+torch.compile and gradient checkpointing, and a search for the largest batch that fits.
 
-train.py runs as a subprocess (as users run it) and its own logged `train/images_per_sec` is read back; the
-other two run in this process. Run them on an otherwise idle machine: the numbers are throughput, not ratios
-measured in lock step.
+train.py runs as a subprocess (as users run it, on an IDX file of the same images) and its own logged
+`train/images_per_sec` is read back, with its peak GPU memory reported at exit; the other two run in this process.
+Run them on an otherwise idle machine: the numbers are throughput, not ratios measured in lock step.
 
-    python benchmarks/bench_training.py                     # small28 on Fashion-MNIST, CPU, batch 32
-    python benchmarks/bench_training.py --preset cifar10 --batch-size 128 --mixed-precision bf16   # on a GPU
+    python benchmarks/bench_training.py                     # small28, CPU, batch 32
+    python benchmarks/bench_training.py --preset cifar10 --batch-size 128 --mixed-precision bf16 --channels-last \
+        --compile default                                   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from accelerate.state import AcceleratorState
 
 import hf_ddpm
-from hf_ddpm.data import ArrayImages, ImageDataset, load_fashion_mnist
+from diffusers_example_loop import DiffusersExampleLoop
+from hf_ddpm.data import ArrayImages, ImageDataset
+from timing import PeakMemory
 
 ROOT = Path(__file__).resolve().parents[1]
+# diffusers' Upsample2D asks is_torch_version (an lru_cache) in bf16; torch.compile warns that it traces through the
+# cache, which is harmless for a version check and nothing a reader of the benchmark can act on
+warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped function")
+TRAIN = ROOT / "training" / "train.py"
+# Runs train.py (argv[2:]) through runpy and writes its peak GPU memory in bytes (JSON null off CUDA) to argv[1]
+# at exit.
+PEAK_MEMORY_RUNNER = """
+import atexit, json, runpy, sys
+import torch
+report, script = sys.argv[1], sys.argv[2]
+
+def write_peak():
+    with open(report, "w") as file:
+        json.dump(torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None, file)
+
+atexit.register(write_peak)
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
 
 
-def images_per_second(step, batch_size: int, steps: int, warmup: int, device) -> float:
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch_size * steps / (time.perf_counter() - start)
+@dataclass(frozen=True)
+class TrainingCase:
+    """One measured configuration: the UNet config, batch, precision and performance switches."""
+
+    model_config: dict
+    batch_size: int
+    mixed_precision: str = "no"  # Accelerate's: no (fp32), fp16, bf16
+    channels_last: bool = False
+    compile_mode: str | None = None  # a torch.compile mode, or None for eager
+    gradient_checkpointing: bool = False
+    steps: int = 30
+    warmup: int = 5
 
 
-def bare_step_throughput(args, dataset) -> float:
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = hf_ddpm.DDPMUNet2DModel.from_preset(args.preset)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    x = torch.stack([dataset[i]["pixel_values"] for i in range(args.batch_size)]).to(accelerator.device)
-    t = torch.randint(0, 1000, (args.batch_size,), device=accelerator.device)
-
-    def step():
-        loss = F.mse_loss(model(x, t).sample.float(), x.float())
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return images_per_second(step, args.batch_size, args.steps, args.warmup, accelerator.device)
+@dataclass(frozen=True)
+class Throughput:
+    images_per_second: float
+    step_ms: float
+    peak_mib: float | None  # torch.cuda.max_memory_allocated; None off CUDA
 
 
-def diffusers_example_throughput(args, dataset) -> float:
-    """The per-step work of diffusers' train_unconditional.py (epsilon objective, EMA, clipping, LR schedule)."""
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    model = hf_ddpm.DDPMUNet2DModel.from_preset(args.preset)
-    noise_scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=500, num_training_steps=10_000)
-    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
-    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, model_cls=diffusers.UNet2DModel,
-                   model_config=model.config)
-    ema.to(accelerator.device)
-    batches = iter(loader)
-
-    def step():
-        clean = next(batches)["pixel_values"]
-        noise = torch.randn(clean.shape, dtype=clean.dtype, device=clean.device)
-        timesteps = torch.randint(0, 1000, (clean.shape[0],), device=clean.device).long()
-        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-        with accelerator.accumulate(model):
-            model_output = model(noisy, timesteps).sample
-            loss = F.mse_loss(model_output.float(), noise.float())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad()
-        if accelerator.sync_gradients:
-            ema.step(model.parameters())
-
-    return images_per_second(step, args.batch_size, args.steps, args.warmup, accelerator.device)
+def synthetic_images(count: int, config: dict, seed: int = 0) -> np.ndarray:
+    """`count` random uint8 images [N, H, W, C] (or [N, H, W] for one channel) at the model's size."""
+    size, channels = config["sample_size"], config["in_channels"]
+    shape = (count, size, size) if channels == 1 else (count, size, size, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
-def train_script_throughput(args) -> float:
+def write_idx(path: Path, images: np.ndarray) -> None:
+    """An uncompressed IDX file of uint8 images (magic 00 00 08 ndim, big-endian dims, pixels), for --idx_images."""
+    header = bytes([0, 0, 0x08, images.ndim]) + np.asarray(images.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + images.tobytes())
+
+
+def fresh_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator for one case. Accelerate allows one mixed precision per process; the suite measures several
+    in one process, so the shared state is reset first (as Accelerate's own tests do)."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def build_model(case: TrainingCase, device: torch.device) -> hf_ddpm.DDPMUNet2DModel:
+    model = hf_ddpm.DDPMUNet2DModel(**case.model_config).to(device).train()
+    if case.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if case.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if case.compile_mode is not None:
+        torch._dynamo.reset()  # a fresh model: no guards or recompilation counts left from the previous case
+        model.compile(mode=case.compile_mode)
+    return model
+
+
+def release(accelerator: Accelerator) -> None:
+    """Drop what a case kept (prepared model and optimizer, cached blocks) so the next case starts empty."""
+    accelerator.free_memory()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def timed_steps(step, batch_size: int, steps: int, warmup: int, device: torch.device) -> Throughput:
+    """Throughput of `steps` calls of step() after `warmup` (compilation, allocator), with the peak memory of all."""
+    with PeakMemory(device) as peak:
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return Throughput(batch_size * steps / seconds, 1e3 * seconds / steps, peak.mib)
+
+
+class BareStep:
+    """The bare forward + backward + AdamW step on a fixed batch of one case's model: the limit for any loop."""
+
+    def __init__(self, case: TrainingCase):
+        self.case = case
+        self.accelerator = fresh_accelerator(case.mixed_precision)
+        model = build_model(case, self.accelerator.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    def step_for(self, batch_size: int):
+        config, device = self.case.model_config, self.accelerator.device
+        x = torch.rand(batch_size, config["in_channels"], config["sample_size"], config["sample_size"], device=device)
+        x = x * 2 - 1
+        if self.case.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t = torch.randint(0, 1000, (batch_size,), device=device)
+
+        def step():
+            loss = F.mse_loss(self.model(x, t).sample.float(), x.float())
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def throughput(self, batch_size: int | None = None) -> Throughput:
+        batch_size = batch_size or self.case.batch_size
+        return timed_steps(self.step_for(batch_size), batch_size, self.case.steps, self.case.warmup,
+                           self.accelerator.device)
+
+    def fits(self, batch_size: int) -> bool:
+        """Whether one step at `batch_size` runs without running out of GPU memory."""
+        try:
+            self.step_for(batch_size)()
+            return True
+        except torch.OutOfMemoryError:
+            pass
+        # out here the failed step's frames (and the activations they held) are gone with the exception
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        return False
+
+    def largest_batch(self, start: int, cap: int) -> int:
+        """The largest power-of-two multiple of `start`, up to `cap`, whose step fits (0 if `start` does not)."""
+        best, batch_size = 0, start
+        while batch_size <= cap and self.fits(batch_size):
+            best, batch_size = batch_size, 2 * batch_size
+        return best
+
+    def close(self) -> None:
+        del self.model, self.optimizer
+        release(self.accelerator)
+
+
+def bare_step_throughput(case: TrainingCase) -> Throughput:
+    bare = BareStep(case)
+    try:
+        return bare.throughput()
+    finally:
+        bare.close()
+
+
+def diffusers_example_throughput(case: TrainingCase, images: np.ndarray) -> Throughput:
+    """The per-step work of diffusers' train_unconditional.py (benchmarks/diffusers_example_loop.py)."""
+    accelerator = fresh_accelerator(case.mixed_precision)
+    dataset = ImageDataset(ArrayImages(images, "synthetic"), resolution=case.model_config["sample_size"],
+                           num_channels=case.model_config["in_channels"])
+    loop = DiffusersExampleLoop(build_model(case, accelerator.device), dataset, case.batch_size, accelerator)
+    try:
+        return timed_steps(loop.step, case.batch_size, case.steps, case.warmup, accelerator.device)
+    finally:
+        del loop
+        release(accelerator)
+
+
+def train_script_throughput(case: TrainingCase, images: np.ndarray) -> Throughput:
+    """train.py on an IDX file of `images`: the median of its logged img/s after the first (warm-up) interval."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    with tempfile.TemporaryDirectory() as output_dir:
-        total = args.warmup + args.steps
-        command = [sys.executable, str(ROOT / "training" / "train.py"), "--model_preset", args.preset,
-                   "--train_batch_size", str(args.batch_size), "--max_train_steps", str(total),
-                   "--logging_steps", str(args.warmup), "--checkpointing_steps", str(10 * total),
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        write_idx(folder / "images.idx", images)
+        (folder / "unet.json").write_text(json.dumps({**case.model_config, "_class_name": "UNet2DModel"}))
+        total = case.warmup + case.steps
+        command = [sys.executable, "-c", PEAK_MEMORY_RUNNER, str(folder / "peak"), str(TRAIN),
+                   "--idx_images", str(folder / "images.idx"), "--model_config_name_or_path", str(folder / "unet.json"),
+                   "--train_batch_size", str(case.batch_size), "--max_train_steps", str(total),
+                   "--logging_steps", str(case.warmup), "--checkpointing_steps", str(10 * total),
                    "--save_images_steps", str(10 * total), "--eval_batch_size", "1", "--ddpm_num_inference_steps", "1",
-                   "--mixed_precision", args.mixed_precision, "--output_dir", output_dir,
-                   "--convert_channels"]  # the Fashion-MNIST default is grayscale; RGB presets take it as RGB
-        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
-        events = next(Path(output_dir, "logs").rglob("events.out.tfevents*"))
+                   "--mixed_precision", case.mixed_precision, "--output_dir", str(folder / "run")]
+        command += ["--channels_last"] * case.channels_last + ["--gradient_checkpointing"] * case.gradient_checkpointing
+        if case.compile_mode is not None:
+            command += ["--compile", "--compile_mode", case.compile_mode]
+        finished = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if finished.returncode != 0:
+            last_line = (finished.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"train.py exited with {finished.returncode}: {last_line}")
+        events = next((folder / "run" / "logs").rglob("events.out.tfevents*"))
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         logged = [e.value for e in accumulator.Scalars("train/images_per_sec")]
-    return statistics.median(logged[1:])  # the first interval holds the warm-up
+        peak = json.loads((folder / "peak").read_text())
+    images_per_second = statistics.median(logged[1:])  # the first interval holds the warm-up
+    return Throughput(images_per_second, 1e3 * case.batch_size / images_per_second,
+                      None if peak is None else peak / 2**20)
 
 
 def main() -> None:
@@ -123,21 +253,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", dest="compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile the UNet in this mode (all three loops)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    preset = hf_ddpm.UNET_PRESETS[args.preset]
-    dataset = ImageDataset(ArrayImages(load_fashion_mnist("train"), "fashion_mnist"),
-                           resolution=preset["sample_size"], num_channels=preset["in_channels"])
+    case = TrainingCase(hf_ddpm.DDPMUNet2DModel.preset_config(args.preset), args.batch_size, args.mixed_precision,
+                        args.channels_last, args.compile_mode, args.gradient_checkpointing, args.steps, args.warmup)
+    images = synthetic_images(4 * args.batch_size, case.model_config)
 
-    results = {"preset": args.preset, "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
-               "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__}
-    results["bare step img/s"] = bare_step_throughput(args, dataset)
-    results["diffusers example loop img/s"] = diffusers_example_throughput(args, dataset)
-    results["train.py img/s"] = train_script_throughput(args)
-    results["train.py / diffusers example"] = results["train.py img/s"] / results["diffusers example loop img/s"]
-    results["train.py / bare step"] = results["train.py img/s"] / results["bare step img/s"]
-    for key, value in results.items():
-        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+    results = {"preset": args.preset, **{k: v for k, v in dataclasses.asdict(case).items() if k != "model_config"},
+               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+               "torch": torch.__version__}
+    loops = {"bare step": lambda: bare_step_throughput(case),
+             "diffusers example loop": lambda: diffusers_example_throughput(case, images),
+             "train.py": lambda: train_script_throughput(case, images)}
+    for name, measure in loops.items():
+        result = measure()
+        results[name] = dataclasses.asdict(result)
+        peak = "n/a" if result.peak_mib is None else f"{result.peak_mib:.0f} MiB"
+        print(f"{name}: {result.images_per_second:.1f} img/s, {result.step_ms:.1f} ms/step, peak {peak}")
+    train, example = results["train.py"]["images_per_second"], results["diffusers example loop"]["images_per_second"]
+    print(f"train.py / diffusers example: {train / example:.3f}; "
+          f"train.py / bare step: {train / results['bare step']['images_per_second']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from .commands import Command, card, demo, evaluate, plot, push, sample
+from .commands import Command, card, demo, evaluate, export, plot, push, sample
 from .options import OptionParser, debug_requested, run_guarded
 
 COMMANDS: tuple[Command, ...] = (sample.COMMAND, evaluate.COMMAND, plot.COMMAND, card.COMMAND, push.COMMAND,
-                                 demo.COMMAND)
+                                 demo.COMMAND, export.COMMAND)
 
 
 def add_commands(parser: OptionParser, commands: tuple[Command, ...], depth: int = 0) -> None:

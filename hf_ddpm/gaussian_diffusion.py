@@ -99,7 +99,9 @@ class GaussianDiffusion:
         dtype = compute_dtype(like)
         key = (like.device, dtype)
         if key not in self._cast_tables:  # cast once per device and dtype, never in the hot loop
-            self._cast_tables[key] = {k: v.to(device=like.device, dtype=dtype) for k, v in self.tables.items()}
+            # non-blocking: the first lookup need not wait for the GPU to finish the work queued before it
+            self._cast_tables[key] = {k: v.to(device=like.device, dtype=dtype, non_blocking=True)
+                                      for k, v in self.tables.items()}
         values = self._cast_tables[key][name][t]
         return values.view(-1, *([1] * (like.ndim - 1))) if values.ndim else values
 

@@ -1,7 +1,8 @@
 """`hf_ddpm.DDPMPipeline`: sampling with any diffusers scheduler, plus progressive generation and interpolation.
 
 Calling it with stock arguments gives stock's images for the same generator. It runs the general diffusers
-denoising loop, so DDIM, DPM-Solver, UniPC, Euler and the others work as well as hf_ddpm's DDPMScheduler. It
+denoising loop, so DDIM, DPM-Solver, UniPC, Euler and the others work as well as hf_ddpm's DDPMScheduler, with
+which the loop reads nothing from the device: a GPU runs the chain without a host synchronization per step. It
 also takes `clip_sample` and `eta`, records x0 predictions along the chain (paper Fig. 6) and interpolates
 between two images in latent space at a chosen t (paper Sec. 4.4). It saves as a stock `DDPMPipeline` of stock
 components, whichever scheduler it holds.
@@ -21,7 +22,6 @@ from diffusers import DDPMScheduler as StockDDPMScheduler
 from diffusers import UNet2DModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from .checks import (
     check_finite,
@@ -31,7 +31,7 @@ from .checks import (
     check_spatial_size,
     scalar_timestep,
 )
-from .scheduling_ddpm import DDPMScheduler
+from .scheduling_ddpm import DDPMScheduler, device_noise
 from .stock_compat import StockConfigMixin, load_safetensors_only
 
 
@@ -154,14 +154,21 @@ class DDPMPipelineMixin(StockConfigMixin):
         """Run the general diffusers denoising loop over `scheduler.timesteps` from x_t (already scaled by
         `init_noise_sigma`). Returns (x_0, {t: x0_hat at t}).
 
+        With hf_ddpm's DDPMScheduler the loop never reads the device: the UNet gets the elements of
+        `scheduler.timesteps` (on the device after `set_timesteps(..., device=...)`), `step` gets them as host ints
+        (lookups in its coefficient tables, cached on the device) and noise is drawn by `device_noise`. On a GPU the
+        host then queues the whole chain without waiting for it.
+
         With `shared_noise_groups` = G > 1 the batch is G groups that get the same reverse noise (interpolation);
         that passes `variance_noise` to the step, as hf_ddpm's DDPMScheduler takes it.
         """
         scheduler = self.scheduler
         step_kwargs = self._step_kwargs(generator, clip_sample, eta)
+        # host ints for hf_ddpm's step, read once per call: given the 0-d tensors, step would read one per step
+        host_timesteps = scheduler.timesteps.tolist() if isinstance(scheduler, DDPMScheduler) else None
         recorded = {}
         record = set(record_timesteps)
-        for t in self.progress_bar(scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             model_output = self.unet(scheduler.scale_model_input(x_t, t), t).sample
             if model_output.shape[1] != x_t.shape[1] and not isinstance(scheduler, DDPMScheduler):
                 # a learned-variance UNet outputs [prediction, variance] (2C channels); only hf_ddpm's DDPM
@@ -169,9 +176,10 @@ class DDPMPipelineMixin(StockConfigMixin):
                 model_output = model_output[:, : x_t.shape[1]]
             if shared_noise_groups > 1:
                 group_shape = (x_t.shape[0] // shared_noise_groups, *x_t.shape[1:])
-                noise = randn_tensor(group_shape, generator=generator, device=x_t.device, dtype=model_output.dtype)
+                noise = device_noise(group_shape, generator, x_t.device, model_output.dtype)
                 step_kwargs["variance_noise"] = noise.repeat(shared_noise_groups, *([1] * (x_t.ndim - 1)))
-            step = scheduler.step(model_output, t, x_t, **step_kwargs)
+            step_timestep = t if host_timesteps is None else host_timesteps[i]
+            step = scheduler.step(model_output, step_timestep, x_t, **step_kwargs)
             x_t = step.prev_sample
             if record and getattr(step, "pred_original_sample", None) is None:
                 raise ValueError(
@@ -179,8 +187,10 @@ class DDPMPipelineMixin(StockConfigMixin):
                     "return: use a scheduler whose step output has pred_original_sample (e.g. DDPMScheduler, "
                     "DDIMScheduler, EulerDiscreteScheduler), or leave record_timesteps out."
                 )
-            if record and t.item() in record:  # .item() is a host sync: only when recording
-                recorded[t.item()] = step.pred_original_sample
+            if record:
+                timestep = t.item() if host_timesteps is None else step_timestep  # .item() is a host sync
+                if timestep in record:
+                    recorded[timestep] = step.pred_original_sample
         return x_t, recorded
 
 
@@ -216,6 +226,12 @@ class DDPMPipeline(DDPMPipelineMixin, StockDDPMPipeline):
         `eta` is DDIM's noise level (0 by default: deterministic; 1: DDPM-like), for schedulers whose step takes
         it. `record_timesteps` returns the x0 predictions at those timesteps (values of `scheduler.timesteps`) as
         `pred_original_samples`, for progressive generation, with schedulers whose step output has them.
+
+        With hf_ddpm's DDPMScheduler the chain runs without a host synchronization per step (see `denoise`); a
+        generator on the execution device (`torch.Generator("cuda").manual_seed(0)`) draws the noise there too
+        (a CPU generator gives the CPU's numbers, copied without blocking). For a fixed batch shape,
+        `pipe.unet.compile(mode="reduce-overhead")` adds torch.compile and, on a GPU, CUDA graphs: the same images
+        up to float rounding.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -233,7 +249,7 @@ class DDPMPipeline(DDPMPipelineMixin, StockDDPMPipeline):
         spatial = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, self.unet.config.in_channels, *spatial)
         # after set_timesteps: sigma-based schedulers (Euler...) derive init_noise_sigma from the chosen sigmas
-        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        image = device_noise(shape, generator, device, self.unet.dtype)
         image = image * scheduler.init_noise_sigma
         image, recorded = self.denoise(image, generator, clip_sample, record_timesteps, eta=eta)
         images = self.postprocess(image, output_type)
@@ -282,15 +298,15 @@ class DDPMPipeline(DDPMPipelineMixin, StockDDPMPipeline):
         check_generator(generator, x_a.shape[0])
         device, dtype = self._execution_device, self.unet.dtype
         x_a, x_b = x_a.to(device), x_b.to(device)
-        noise_a = randn_tensor(x_a.shape, generator=generator, device=device, dtype=x_a.dtype)
-        noise_b = randn_tensor(x_b.shape, generator=generator, device=device, dtype=x_b.dtype)
+        noise_a = device_noise(x_a.shape, generator, device, x_a.dtype)
+        noise_b = device_noise(x_b.shape, generator, device, x_b.dtype)
         latent_a = self.scheduler.q_sample(x_a, t, noise_a)
         latent_b = self.scheduler.q_sample(x_b, t, noise_b)
         lambdas = torch.linspace(0, 1, num_points, device=device).view(-1, 1, 1, 1, 1)
         x_t = ((1 - lambdas) * latent_a + lambdas * latent_b).flatten(0, 1).to(dtype)
         steps = t + 1 if num_inference_steps is None else num_inference_steps
         chain = np.unique(np.linspace(0, t, min(steps, t + 1)).round().astype(np.int64))[::-1]
-        self.scheduler.set_timesteps(timesteps=chain.tolist())
+        self.scheduler.set_timesteps(timesteps=chain.tolist(), device=device)
         images, _ = self.denoise(x_t, generator, shared_noise_groups=num_points)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=self.postprocess(images, output_type))

@@ -44,6 +44,22 @@ from .stock_compat import StockConfigMixin
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
 
+def device_noise(shape, generator, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """diffusers' `randn_tensor(shape, generator, device, dtype)`: the same numbers for the same generator(s), but a
+    CPU generator's draw reaches a CUDA device without stopping the host.
+
+    randn_tensor draws on the CPU and copies with a blocking `.to(device)`, a host synchronization per call. Here
+    the draw goes through pinned memory and a non-blocking copy, so the host draws step k's noise while the GPU
+    is still running the steps before it. A generator on the device, or none, draws on the device directly.
+    """
+    device = torch.device(device)
+    first = generator[0] if isinstance(generator, list) else generator
+    if device.type == "cuda" and first is not None and first.device.type == "cpu":
+        on_host = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype)
+        return on_host.pin_memory().to(device, non_blocking=True)
+    return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
+
 class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
     """DDPM scheduler with the paper's schedules, posterior, variances, bound and losses (see module docstring).
 
@@ -201,8 +217,10 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
     ) -> DDPMSchedulerOutput | tuple:
         """One ancestral step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (paper Algorithm 2, release's clipped-x0 form).
 
-        `timestep` is an int / 0-d tensor (stock) or a [B] tensor, one timestep per sample. `variance_noise`
-        replaces the drawn noise (e.g. to share it across a batch); `clip_sample` overrides the config.
+        `timestep` is an int, a 0-d tensor (stock) or a [B] tensor, one timestep per sample. An int is a lookup in
+        coefficient tables cached on the device, so a loop of steps given ints (as `DDPMPipeline` does) never waits
+        for a GPU; a 0-d tensor is read on the host first. `variance_noise` replaces the drawn noise (e.g. to share
+        it across a batch); `clip_sample` overrides the config.
         """
         self._check_model_output(model_output, sample)
         position = self._chain_positions(timestep, sample)
@@ -214,9 +232,7 @@ class DDPMScheduler(StockConfigMixin, StockDDPMScheduler):
         if not isinstance(adds_noise, bool) or adds_noise:
             if variance_noise is None:
                 check_generator(generator, sample.shape[0])
-                variance_noise = randn_tensor(
-                    sample.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
-                )
+                variance_noise = device_noise(sample.shape, generator, model_output.device, model_output.dtype)
             std = torch.exp(0.5 * p["log_variance"])
             if not isinstance(adds_noise, bool):
                 std = std * adds_noise.view(-1, *([1] * (sample.ndim - 1)))

@@ -125,7 +125,7 @@ def test_nan_loss_is_reported_with_its_step_and_never_saved(tiny_config, tmp_pat
     args = train_args(tiny_config, tmp_path, checkpointing_steps=2)
     result = run_with_probe(tmp_path, args, (
         "import torch, hf_ddpm.gaussian_diffusion as gd\n"
-        "real = gd.GaussianDiffusion.training_losses\n"
+        "real = gd.DiffusionObjective.losses\n"
         "step = [0]\n"
         "def poisoned(self, *a, **k):\n"
         "    step[0] += 1\n"
@@ -133,7 +133,7 @@ def test_nan_loss_is_reported_with_its_step_and_never_saved(tiny_config, tmp_pat
         "    if step[0] == 5:\n"
         "        out['loss'] = out['loss'] * float('nan')\n"
         "    return out\n"
-        "gd.GaussianDiffusion.training_losses = poisoned\n"
+        "gd.DiffusionObjective.losses = poisoned\n"
     ))
     assert result.returncode == 1  # a runtime failure
     assert result.stderr.strip().splitlines()[-1].startswith("train.py: error: the loss became nan between steps 5 and 6")

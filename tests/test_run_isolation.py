@@ -32,6 +32,7 @@ from conftest import offline_env
 from hf_ddpm.options import declared
 from support.train_server import TrainServer, train_args
 from training.config import TrainConfig
+from training.outputs import STATUS_FILE
 
 # Options that decide where the run writes, or what it replaces or deletes: each appears in a case below.
 WRITES = ("output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint", "checkpoints_total_limit",
@@ -42,6 +43,7 @@ NOT_WHERE = {
     "model": "which network: a config is read, never written",
     "diffusion": "numbers and names of the objective",
     "optimization": "numbers and names of the optimizer and EMA",
+    "performance": "how fast the same numbers are computed (memory format, compilation, TF32, workers)",
     "hub": "what goes to the Hub: only this run's pipeline folder is uploaded, and nothing local is written",
     "logger": "which tracker: it writes under --logging_dir (walked)",
     "logging_steps": "when to log, not where",
@@ -204,6 +206,7 @@ def check_set_aside(result) -> None:
     """--overwrite_output_dir in the other run's folder: each of its folders is kept whole as <name>-replaced-<time>,
     nothing added to it, and the new run's checkpoints, logs, sample grids and pipeline are its own."""
     before, other = result["before"]["other"], result["paths"]["other"]
+    before = {path: digest for path, digest in before.items() if path != STATUS_FILE}  # the new run's state replaces it
     after = files(other)
     kept = {}
     for path, digest in after.items():
@@ -214,7 +217,8 @@ def check_set_aside(result) -> None:
     assert kept == before, (f"the earlier run is not kept whole: missing {sorted(set(before) - set(kept))}, added "
                             f"{sorted(set(kept) - set(before))}")
     new_run = {p for p in after if not re.match(r"[^/]+-replaced-\d+/", p)}
-    assert {p.split("/")[0] for p in new_run} == {"checkpoints", "logs", "samples", "pipeline"}, sorted(new_run)
+    assert {p.split("/")[0] for p in new_run} == {"checkpoints", "logs", "samples", "pipeline", STATUS_FILE}, \
+        sorted(new_run)
     mixed = sorted(p for p in new_run if p.startswith("logs/") and p in before)  # event files are named per run
     assert not mixed, f"the earlier run's logs are mixed with the new run's: {mixed}"
 

@@ -1,10 +1,10 @@
 """A run's checkpoints under OUTPUT_DIR/checkpoints: atomic writes, `latest`, resuming, pruning, never data loss.
 
 A checkpoint is written into a hidden `.partial-checkpoint-<step>` folder (model, optimizer and RNG states by
-Accelerate, EMA weights and an importance sampler's loss history as safetensors, and last `training_state.json`,
-the loop's state), flushed to disk and
-renamed to `checkpoint-<step>`: a crash at any moment leaves either the complete checkpoint or debris that
-`latest` never picks and the next save removes. Only complete checkpoints of this run are ever deleted, and only
+Accelerate, EMA weights and an importance sampler's loss history as safetensors, what `hf-ddpm export` needs to
+write the run's pipeline from it (`hf_ddpm.final_pipeline.ExportFacts`), and last `training_state.json`, the loop's
+state), flushed to disk and renamed to `checkpoint-<step>`: a crash at any moment leaves either the complete
+checkpoint or debris that `latest` never picks and the next save removes. Only complete checkpoints of this run are ever deleted, and only
 beyond `--checkpoints_total_limit` (at least 1).
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from hf_ddpm.final_pipeline import EMA_FOLDER, MARKER, RAW_WEIGHTS, ExportFacts
 from hf_ddpm.options import RunFailure, UsageError
 
 logger = logging.getLogger(__name__)
 
-MARKER = "training_state.json"  # written last into a checkpoint: the loop's state, and the run's options
 SAMPLER_FILE = "timestep_sampler.safetensors"  # --timestep_sampler loss-second-moment's history (none for uniform)
 PARTIAL_PREFIX = ".partial-checkpoint-"
 # Options that decide the network's parameter shapes: a checkpoint only loads into the same values.
@@ -51,7 +51,8 @@ class Checkpointer:
     """Finds, saves, loads and prunes the checkpoints of one run, on every process of it (Accelerate).
 
     Accelerate saves the prepared model and optimizer and the RNG states; the EMA weights (a diffusers EMAModel,
-    or None) go beside them as `unet_ema/` (safetensors), and the loop's state as the JSON marker.
+    or None) go beside them as `unet_ema/` (safetensors), the export facts as JSON, and the loop's state as the
+    JSON marker (MARKER, whose presence makes a checkpoint complete).
     """
 
     def __init__(self, accelerator, folder: Path, total_limit: int | None = None):
@@ -128,7 +129,7 @@ class Checkpointer:
             self._check_weights(checkpoint)
             self.accelerator.load_state(str(checkpoint))
             if ema is not None:
-                load_ema(ema, checkpoint / "unet_ema", self.accelerator.device)
+                load_ema(ema, checkpoint / EMA_FOLDER, self.accelerator.device)
         except Exception as error:  # noqa: BLE001 - every failure here becomes one line with its way out
             detail = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
             if "size mismatch" in str(error) or "Missing key" in str(error) or "Unexpected key" in str(error):
@@ -162,7 +163,7 @@ class Checkpointer:
     @staticmethod
     def _check_weights(checkpoint: Path) -> None:
         """Read the weights' header before Accelerate does, so a damaged file is named in the error."""
-        weights = checkpoint / "model.safetensors"
+        weights = checkpoint / RAW_WEIGHTS
         if not weights.exists():
             raise FileNotFoundError(f"{weights} is missing")
         try:
@@ -191,8 +192,9 @@ class Checkpointer:
                           "--output_dir for a new run")
 
     # ------------------------------------------------------------------------------------------ saving
-    def save(self, step: int, state: dict, ema=None, timestep_sampler=None) -> Path:
-        """Write checkpoint-<step> atomically (see the module docstring); `state` becomes its marker file.
+    def save(self, step: int, state: dict, ema=None, timestep_sampler=None, export: ExportFacts | None = None) -> Path:
+        """Write checkpoint-<step> atomically (see the module docstring); `state` becomes its marker file, and
+        `export` (the UNet, the scheduler and the run's record at this step) lets `hf-ddpm export` read it.
 
         A failed write (disk full, permissions) stops the run with the previous checkpoints untouched.
         """
@@ -207,7 +209,9 @@ class Checkpointer:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 if ema is not None:
-                    ema.save_pretrained(str(partial / "unet_ema"))
+                    ema.save_pretrained(str(partial / EMA_FOLDER))
+                if export is not None:
+                    export.write(partial)
                 sampler_state = timestep_sampler.state_dict() if timestep_sampler is not None else {}
                 if sampler_state:  # tensors only (safetensors), the same on every process
                     save_file(sampler_state, str(partial / SAMPLER_FILE))

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import difflib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,10 @@ MIXED_PRECISIONS = tuple(p.value for p in PrecisionType if p.value != "fp8")
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 # piecewise_constant needs step rules that train.py has no option for.
 LR_SCHEDULERS = tuple(s.value for s in SchedulerType if s.value != "piecewise_constant")
+# --compile_mode: torch.compile's modes (torch._inductor.list_mode_options)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# --adam_implementation: torch.optim.AdamW's kernels (fused=True, foreach=True, or neither)
+ADAM_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 # Accelerate's trackers that train.py logs the same scalars and sample grids to (wandb: the optional extra).
 LOGGERS = ("tensorboard", "wandb")
 WANDB_INSTALL = 'pip install "hf-ddpm[wandb]"'
@@ -116,6 +121,24 @@ def repo_id(value: str) -> None:
 def torch_seed(value: int) -> None:
     if not 0 <= value < 2**63:
         raise UsageError(f"{value} is not in [0, 2**63)", flag("seed"), "pass a seed in [0, 2**63)")
+
+
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+DURATION_UNITS = (86400, 3600, 60, 1)  # seconds of d, h, m, s
+
+
+def parse_duration(value: str) -> float:
+    """--max_train_time: the seconds of a duration written with units d, h, m, s in that order (23h30m, 90m,
+    45s, 1d2h, 1.5h); refused in one line when it is anything else or zero."""
+    match = DURATION.fullmatch(value.strip().lower())
+    if not match or not any(match.groups()):
+        raise UsageError(f"{value!r} is not a duration", flag("max_train_time"),
+                         "write it with units d, h, m and s in that order, such as 23h30m, 90m, 45s or 1d2h")
+    seconds = sum(float(number) * unit for number, unit in zip(match.groups(), DURATION_UNITS) if number)
+    if seconds <= 0:
+        raise UsageError(f"{value!r} leaves no time to train", flag("max_train_time"),
+                         "pass a positive duration such as 23h30m, or leave it out")
+    return seconds
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -208,6 +231,12 @@ class TrainConfig:
     gradient_accumulation_steps: int = option(1, "micro-steps per optimizer step", range="[1, inf)",
                                               group="optimization")
     max_train_steps: int = option(1000, "optimizer steps to train for", range="[1, inf)", group="optimization")
+    max_train_time: str | None = option(
+        None, "stop before a job's time limit: once this long has passed since the process started (counted "
+        "afresh by each resumed process), write a checkpoint and exit with status 75, resumable, e.g. 23h30m, 90m, "
+        "45s, 1d2h. Checked after every step (several processes: every --logging_steps steps, where they agree), "
+        "stopping at the last check before the time is up; leave a margin for writing the checkpoint",
+        check=parse_duration, group="optimization")
     learning_rate: float = option(2e-4, "AdamW learning rate after warm-up", range="(0, inf)",
                                   group="optimization")
     lr_scheduler: str = option("constant_with_warmup", "learning-rate schedule (diffusers.optimization), counted "
@@ -232,6 +261,40 @@ class TrainConfig:
                                   "coefficients stay fp32)", choices=MIXED_PRECISIONS, group="optimization")
     seed: int = option(0, "seed of every random draw (weights, data order, flips, noise, timesteps, dropout)",
                        check=torch_seed, group="optimization")
+
+    # performance: how fast a step runs on the same math (results agree with the plain run within rounding)
+    channels_last: bool = option(
+        False, "keep the UNet's weights and input batches in torch.channels_last memory format: faster convolutions "
+        "on GPUs with tensor cores (NVIDIA Volta and later), mostly with --mixed_precision bf16 or fp16; on a CPU "
+        "it rarely helps. Dropout then draws other (equally random) masks than in the default layout",
+        free="a switch", group="performance")
+    compile: bool = option(
+        False, "torch.compile the UNet's training forward pass: faster steps on a GPU after a compile of a minute "
+        "or more at start-up (again on resume); sample grids, evaluation and saved weights use the plain module. "
+        "The run first checks the compiled gradients against eager PyTorch's on a test batch and stops if the "
+        "compiler got them wrong (PyTorch 2.13 does on CPUs). Needs a C/C++ compiler (and Triton on GPUs)",
+        free="a switch", group="performance")
+    compile_mode: str = option(
+        "default", "torch.compile mode of --compile: reduce-overhead replays CUDA graphs (less launch overhead for "
+        "small models and batches, more GPU memory), max-autotune also searches kernels (slowest compile, fastest "
+        "steps), max-autotune-no-cudagraphs the same without CUDA graphs", choices=COMPILE_MODES,
+        group="performance")
+    allow_tf32: bool = option(
+        False, "allow TensorFloat-32 in fp32 matmuls and cuDNN convolutions on NVIDIA Ampere and later GPUs: "
+        "several times faster fp32 math, rounded to a 10-bit mantissa inside the products (no effect on CPUs, "
+        "and little under bf16/fp16 autocast); without it PyTorch's defaults apply (TF32 in cuDNN convolutions "
+        "only)", free="a switch", group="performance")
+    gradient_checkpointing: bool = option(
+        False, "recompute the UNet blocks' activations in the backward pass instead of keeping them "
+        "(UNet2DModel.enable_gradient_checkpointing): far less activation memory for about a third more compute "
+        "per step; for batches or resolutions (256x256) that do not fit otherwise", free="a switch",
+        group="performance")
+    adam_implementation: str = option(
+        "auto", "AdamW's kernels, the same update within rounding: fused (one kernel per step; fp16's GradScaler "
+        "then skips overflowing steps on the device, without a host sync), foreach (a few kernels over all "
+        "tensors), for-loop (a few kernels per tensor: PyTorch's CPU default); auto: fused where PyTorch has a "
+        "fused AdamW for the training device (CUDA, CPU, ...), foreach elsewhere", choices=ADAM_IMPLEMENTATIONS,
+        group="performance")
 
     # outputs
     output_dir: str = option("ddpm-output", "run folder: checkpoints/, logs/, samples/ and the final pipeline/",
@@ -338,6 +401,9 @@ class TrainConfig:
             if self.loss_weighting != weighting and is_set(self, name):
                 raise UsageError(f"{flag(name)} applies to --loss_weighting {weighting} only", flag(name),
                                  f"add --loss_weighting {weighting}, or drop {flag(name)}")
+        if is_set(self, "compile_mode") and not self.compile:
+            raise UsageError(f"--compile_mode {self.compile_mode} applies to --compile only", flag("compile_mode"),
+                             "add --compile, or drop --compile_mode")
         steps = self.ddpm_num_inference_steps
         if steps is not None and steps > self.ddpm_num_steps:
             raise UsageError(f"{steps} sampling steps is more than the {self.ddpm_num_steps} diffusion steps",

@@ -1,14 +1,16 @@
-"""What a run writes besides checkpoints: sample grids, the periodic bits/dim, the final pipeline and its record.
+"""What a run writes besides checkpoints: sample grids, the periodic bits/dim, the final pipeline and its record,
+and the run's status file.
 
 Sample grids and bits/dim use the EMA weights (swapped in with `ema_weights`) and a fixed seed, so grids of
-different steps are comparable; the final pipeline is written beside its place and renamed when complete.
+different steps are comparable; the final pipeline is `hf_ddpm.final_pipeline`'s folder, the one `hf-ddpm export`
+writes from the final checkpoint. OUTPUT_DIR/run_status.json says whether the run is running, finished or stopped
+resumably (what a cluster script reads: `accelerate launch` turns every non-zero exit status into 1).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.logging import get_logger
-from diffusers.utils import make_image_grid
 
-import hf_ddpm
+from hf_ddpm.final_pipeline import GridSettings, sample_grid, write_pipeline
 from hf_ddpm.hub import record_training_data
 from hf_ddpm.options import RunFailure, UsageError
 
 logger = get_logger(__name__)
+
+STATUS_FILE = "run_status.json"  # in OUTPUT_DIR: "running", "finished" or "stopped" (resumable)
 
 
 def check_writable(output_dir: Path) -> None:
@@ -35,6 +38,18 @@ def check_writable(output_dir: Path) -> None:
     except OSError as error:
         raise UsageError(f"cannot write to {output_dir} ({error.strerror or error})", "--output_dir",
                          "choose a writable folder") from None
+
+
+def write_run_status(output_dir: Path, status: str, **facts) -> Path:
+    """Replace OUTPUT_DIR/run_status.json with {"status": status, **facts, "time": ...} in one rename: "running"
+    when training starts, "finished" once the pipeline is written, "stopped" (resumable) with the step, checkpoint,
+    reason and resume command. A run that failed or was killed (SIGKILL) leaves "running"."""
+    path = output_dir / STATUS_FILE
+    partial = path.with_name(f".{STATUS_FILE}.partial")
+    facts = {"status": status, **facts, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    partial.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
 
 
 @contextmanager
@@ -52,22 +67,10 @@ def ema_weights(unet, ema):
             ema.restore(unet.parameters())
 
 
-def sample_grid(unet, ema, noise_scheduler, batch_size: int, seed: int, num_inference_steps: int | None):
-    """A grid of batch_size samples from the EMA weights, with a fixed seed so grids are comparable."""
-    with ema_weights(unet, ema):
-        pipeline = hf_ddpm.DDPMPipeline(unet=unet, scheduler=hf_ddpm.DDPMScheduler.from_config(noise_scheduler.config))
-        pipeline.set_progress_bar_config(disable=True)
-        generator = torch.Generator(unet.device).manual_seed(seed)
-        images = pipeline(batch_size, generator, num_inference_steps).images
-    rows = math.isqrt(len(images))
-    while len(images) % rows:  # the squarest grid that holds every image
-        rows -= 1
-    return make_image_grid(images, rows, len(images) // rows)
-
-
 def save_sample_grid(accelerator, unet, ema, noise_scheduler, folder: Path, step: int, batch_size: int, seed: int,
                      num_inference_steps: int | None) -> None:
-    grid = sample_grid(unet, ema, noise_scheduler, batch_size, seed, num_inference_steps)
+    with ema_weights(unet, ema):
+        grid = sample_grid(unet, noise_scheduler, batch_size, seed, num_inference_steps)
     folder.mkdir(exist_ok=True)
     grid.save(folder / f"step-{step:07d}.png")
     log_image(accelerator, "samples", grid, step)
@@ -111,31 +114,27 @@ def evaluate_bpd(unet, ema, noise_scheduler, images: torch.Tensor, seed: int) ->
         return bits_per_dim(unet, noise_scheduler, images, generator=generator).bpd.mean().item()
 
 
-def save_final_pipeline(unet, ema, noise_scheduler, pipeline_dir: Path, batch_size: int, seed: int,
-                        num_inference_steps: int | None) -> None:
-    """The EMA pipeline as safetensors with a sample grid, written beside and renamed into place when complete."""
+def save_final_pipeline(unet, ema, noise_scheduler, pipeline_dir: Path, record: dict, options: dict) -> None:
+    """The EMA pipeline (the raw weights with --no_use_ema) with its sample grid and model card: the folder
+    `hf-ddpm export` writes from the final checkpoint. An earlier run's pipeline (--overwrite_output_dir) is kept
+    beside it."""
     if ema is not None:
         ema.copy_to(unet.parameters())  # training is over: the shared model is the EMA one
-    partial = pipeline_dir.with_name(".partial-pipeline")
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        pipeline = hf_ddpm.DDPMPipeline(unet=unet, scheduler=noise_scheduler)
-        pipeline.save_pretrained(partial, safe_serialization=True)
-        sample_grid(unet, None, noise_scheduler, batch_size, seed, num_inference_steps).save(partial / "samples.png")
-        if pipeline_dir.exists():  # only with --overwrite_output_dir: keep the previous pipeline beside it
-            os.replace(pipeline_dir, pipeline_dir.with_name(f"pipeline-replaced-{int(time.time())}"))
-        os.replace(partial, pipeline_dir)
+        write_pipeline(unet, noise_scheduler, pipeline_dir, record, repo_id=options["hub_model_id"],
+                       grid=GridSettings.of_run(options), keep_existing=True)
     except OSError as error:
-        shutil.rmtree(partial, ignore_errors=True)
         raise RunFailure(f"could not write the final pipeline ({error.strerror or error}); the final checkpoint is intact",
-                         None, "free space, then rerun with --resume_from_checkpoint latest") from None
+                         None, "free space, then rerun with --resume_from_checkpoint latest, or write it with "
+                         "`hf-ddpm export CHECKPOINT --output DIR`") from None
     logger.info(f"saved the {'EMA ' if ema is not None else ''}pipeline to {pipeline_dir}")
 
 
-def run_record(config, unet, world: int, global_batch: int, seconds: float, num_images: int) -> dict:
-    """The run's record, saved as the pipeline's training_config.json for the model card (public: no paths or
-    secrets). Scheduler settings are not copied: the card reads them from scheduler_config.json. Where the data
-    came from is decided here, where a relative path still means what it meant."""
+def run_record(config, unet, world: int, global_batch: int, num_images: int, steps: int, seconds: float) -> dict:
+    """The run's record after `steps` optimizer steps and `seconds` of training, saved with every checkpoint and as
+    the pipeline's training_config.json for the model card (public: no paths or secrets). Scheduler settings are not
+    copied: the card reads them from scheduler_config.json. Where the data came from is decided here, where a
+    relative path still means what it meant."""
     data = record_training_data(config.dataset_name, config.train_data_dir, config.idx_images, num_images)
     if torch.cuda.is_available():
         hardware = f"{world} x {torch.cuda.get_device_name()}"
@@ -145,7 +144,7 @@ def run_record(config, unet, world: int, global_batch: int, seconds: float, num_
         **data, "dataset_config": config.dataset_config_name, "resolution": unet.config.sample_size,
         "channels": unet.config.in_channels, "unet_preset": config.preset,
         "num_parameters": sum(p.numel() for p in unet.parameters()), "loss_type": config.loss_type,
-        "loss_weighting": config.loss_weighting, "max_train_steps": config.max_train_steps,
+        "loss_weighting": config.loss_weighting, "max_train_steps": steps,
         "train_batch_size": global_batch, "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "learning_rate": config.learning_rate, "lr_warmup_steps": config.lr_warmup_steps,
         "adam_beta1": config.adam_beta1, "adam_beta2": config.adam_beta2, "adam_weight_decay": config.adam_weight_decay,

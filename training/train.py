@@ -22,13 +22,17 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
+import shlex
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -40,23 +44,30 @@ from tqdm.auto import tqdm
 
 import hf_ddpm
 from hf_ddpm.data import ImageDataset, flip_horizontally
+from hf_ddpm.final_pipeline import ExportFacts
 from hf_ddpm.gaussian_diffusion import DiffusionObjective
-from hf_ddpm.hub import push_pipeline, write_model_card
+from hf_ddpm.hub import push_pipeline
 from hf_ddpm.options import RunFailure, UsageError, debug_requested, run_guarded
 from hf_ddpm.timestep_sampling import LossSecondMomentSampler, UniformTimestepSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's modules, also when run through runpy
 from checkpoints import Checkpointer  # noqa: E402
-from config import PROG, parse_config  # noqa: E402
+from config import PROG, parse_config, parse_duration  # noqa: E402
 from inputs import build_unet_config, check_data_fits_model, load_eval_images, open_images  # noqa: E402
 from outputs import (check_writable, evaluate_bpd, run_record, save_final_pipeline, save_sample_grid,  # noqa: E402
-                     start_trackers)
+                     start_trackers, write_run_status)
 
 logger = get_logger(__name__)
+
+EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: stopped early with a checkpoint; --resume_from_checkpoint latest goes on
+# The launchers whose exit stops train.py (watch_launcher), recognized by a variable each sets for its processes.
+LAUNCHERS = {"ACCELERATE_DYNAMO_BACKEND": "accelerate launch", "TORCHELASTIC_RUN_ID": "torchrun"}
+PARENT_PID = os.getppid()  # read as the script starts: a launcher that exits before it is watched is noticed too
 
 
 def main(argv: list[str] | None = None) -> None:
     # ------------------------------------------------------------------------------------------- setup
+    watch_launcher()
     config = parse_config(argv, description=__doc__)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     output_dir = Path(config.output_dir).resolve()  # one folder however spelled ('new/../run' is run, new or not)
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     layout = BatchLayout(config.seed, config.train_batch_size, config.gradient_accumulation_steps,
                          accelerator.num_processes, accelerator.process_index)
+    adam_kernels = adam_implementation(config.adam_implementation, accelerator.device)
     checkpointer = Checkpointer(accelerator, output_dir / "checkpoints", config.checkpoints_total_limit)
     resume_from = checkpointer.resume_point(config.resume_from_checkpoint, pipeline_dir, config.overwrite_output_dir)
     unet_config = build_unet_config(config)
@@ -94,6 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     # ------------------------------------------------------------------------------------------- model
     torch.manual_seed(config.seed)  # the initial weights
     model = hf_ddpm.DDPMUNet2DModel.from_config(unet_config)
+    if config.gradient_checkpointing:  # activations recomputed in the backward pass: memory for compute
+        model.enable_gradient_checkpointing()
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.allow_tf32:
+        allow_tf32()
     noise_scheduler = hf_ddpm.DDPMScheduler(
         num_train_timesteps=config.ddpm_num_steps,
         beta_schedule=config.ddpm_beta_schedule,
@@ -112,7 +130,11 @@ def main(argv: list[str] | None = None) -> None:
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
+        **adam_kernels,
     )
+    # Resumed with --channels_last on one side only, Adam's moments come back in the other memory format; fused
+    # AdamW pairs elements by memory order (silently wrong updates), so they take their weights' layout again.
+    optimizer.register_load_state_dict_post_hook(match_parameter_layouts)
     # Not passed to accelerator.prepare: Accelerate would step it once per process, and diffusers' example
     # sizes it in micro-steps; here it advances exactly once per optimizer step.
     lr_scheduler = get_scheduler(
@@ -120,10 +142,26 @@ def main(argv: list[str] | None = None) -> None:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     unet = accelerator.unwrap_model(model)
+    if config.compile:
+        # Only the training step runs compiled: `unet` (sample grids, evaluation, the pipeline) and Accelerate's
+        # checkpoints keep the plain module, so saved names have no `_orig_mod.` and sampling never recompiles.
+        # Compiled dropout draws eager PyTorch's masks (fallback_random), so a compiled run, and a resume across
+        # --compile, gives the plain run's results within rounding.
+        from torch._inductor import config as inductor_config
+
+        inductor_config.fallback_random = True
+        # diffusers asks its lru_cache'd is_torch_version inside the forward (upsampling, checkpointing); Dynamo's
+        # warning about tracing through the cache is harmless for a version check and nothing a user can act on.
+        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped function")
+        compiled = torch.compile(model, mode=config.compile_mode)
+        check_compiled_gradients(model, compiled, unet, (layout.batch_size, *image_shape), config.ddpm_num_steps,
+                                 torch.channels_last if config.channels_last else torch.contiguous_format,
+                                 half_precision=config.mixed_precision != "no")
+        model = compiled
     ema = None
-    if config.use_ema:  # fp32 shadow weights of the fp32 master parameters
+    if config.use_ema:  # fp32 shadow weights of the fp32 master parameters, updated with batched (foreach) kernels
         ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=config.ema_warmup,
-                       inv_gamma=config.ema_inv_gamma, power=config.ema_power, model_cls=UNet2DModel,
+                       inv_gamma=config.ema_inv_gamma, power=config.ema_power, foreach=True, model_cls=UNet2DModel,
                        model_config=unet.config)
         ema.to(accelerator.device)
 
@@ -145,23 +183,26 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(dataset)} images, global batch {layout.global_batch} = {layout.batch_size} per process x {layout.world} "
         f"processes x {layout.accumulation} accumulation steps, {config.max_train_steps} optimizer steps"
     )
-    stop = StopSignal()
+    stop = StopSignal(parse_duration(config.max_train_time) if config.max_train_time else None)
+    if accelerator.is_main_process:
+        write_run_status(output_dir, "running", step=state.global_step, max_train_steps=config.max_train_steps)
 
     # -------------------------------------------------------------------------------------------- loop
     with tqdm(total=config.max_train_steps, initial=state.global_step, desc="train",
               disable=not accelerator.is_local_main_process) as progress:  # closed before any error is printed
         throughput = Throughput()
         model.train()
+        # One loader for the rest of the run: its workers start once and prefetch across epoch boundaries.
+        batches = iter(layout.loader(dataset, state.global_step, config.max_train_steps, steps_per_epoch,
+                                     config.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda"))
         while state.global_step < config.max_train_steps:
-            epoch, first_step = divmod(state.global_step, steps_per_epoch)
+            first_step = state.global_step % steps_per_epoch
             last_step = min(steps_per_epoch, first_step + config.max_train_steps - state.global_step)
-            dataset.set_epoch(epoch)
-            batches = iter(layout.loader(dataset, epoch, first_step, last_step, config.dataloader_num_workers))
             for _ in range(first_step, last_step):
                 step_start = time.perf_counter()
                 grad_norm = train_step(state.global_step, batches, layout, image_shape, model, optimizer, lr_scheduler,
                                        ema, accelerator, noise_scheduler, objective, loss_sum, config.random_flip,
-                                       config.max_grad_norm, timestep_sampler)
+                                       config.max_grad_norm, timestep_sampler, config.channels_last)
                 state.global_step = step = state.global_step + 1
                 state.steps_since_log += 1
                 state.train_seconds += time.perf_counter() - step_start
@@ -169,17 +210,20 @@ def main(argv: list[str] | None = None) -> None:
                 progress.update(1)
 
                 final_step = step == config.max_train_steps
-                # The stop flag is agreed on by all processes at log steps (a collective); alone, at every step.
-                stop_now = (layout.world == 1 or step % config.logging_steps == 0) and stop.agreed(accelerator)
+                # A stop is agreed on by all processes at log steps (a collective); alone, at every step.
+                may_stop = layout.world == 1 or step % config.logging_steps == 0
+                stop_reason = stop.agreed(accelerator) if may_stop else None
                 if step % config.logging_steps == 0 or final_step:
                     log_metrics(accelerator, progress, state, loss_sum, grad_norm, lr_scheduler, ema, throughput)
-                if step % config.checkpointing_steps == 0 or final_step or stop_now:
-                    checkpointer.save(step, loop_checkpoint(accelerator, state, loss_sum, lr_scheduler, config.recorded()), ema,
-                                      timestep_sampler)
-                if stop_now:
-                    logger.info(f"stopped by signal {stop.signum} at step {step}: resume with --resume_from_checkpoint latest")
-                    accelerator.end_training()
-                    sys.exit(128 + stop.signum)
+                if step % config.checkpointing_steps == 0 or final_step or stop_reason:
+                    record = run_record(config, unet, layout.world, layout.global_batch, len(dataset), step,
+                                        state.train_seconds)
+                    checkpoint = checkpointer.save(
+                        step, loop_checkpoint(accelerator, state, loss_sum, lr_scheduler, config.recorded()), ema,
+                        timestep_sampler, ExportFacts(unet, noise_scheduler, record))
+                if stop_reason and not final_step:  # at the final step the run finishes instead
+                    stop_resumably(accelerator, stop_reason, config, step, checkpoint, output_dir,
+                                   sys.argv[1:] if argv is None else argv)
                 if accelerator.is_main_process and step % config.save_images_steps == 0:
                     save_sample_grid(accelerator, unet, ema, noise_scheduler, output_dir / "samples", step,
                                      config.eval_batch_size, config.seed, config.ddpm_num_inference_steps)
@@ -190,15 +234,15 @@ def main(argv: list[str] | None = None) -> None:
                     throughput.restart()
 
     # ------------------------------------------------------------------------------------------ saving
-    if accelerator.is_main_process:
-        save_final_pipeline(unet, ema, noise_scheduler, pipeline_dir, config.eval_batch_size, config.seed,
-                            config.ddpm_num_inference_steps)
-        record = run_record(config, unet, layout.world, layout.global_batch, state.train_seconds, len(dataset))
-        write_model_card(pipeline_dir, training=record, dataset=record["dataset"], repo_id=config.hub_model_id)
+    if accelerator.is_main_process:  # the folder `hf-ddpm export` writes from the final checkpoint
+        record = run_record(config, unet, layout.world, layout.global_batch, len(dataset), state.global_step,
+                            state.train_seconds)
+        save_final_pipeline(unet, ema, noise_scheduler, pipeline_dir, record, config.recorded())
         if config.push_to_hub:  # only the pipeline folder goes up: never checkpoints or logs
             url = push_pipeline(pipeline_dir, config.hub_model_id or output_dir.resolve().name, token=config.hub_token,
                                 private=config.hub_private_repo)
             logger.info(f"pushed {pipeline_dir} to {url}")
+        write_run_status(output_dir, "finished", step=state.global_step, pipeline=str(pipeline_dir))
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -241,16 +285,30 @@ class BatchLayout:
         start = (micro * self.world + self.rank) * self.batch_size
         return slice(start, start + self.batch_size)
 
-    def loader(self, dataset, epoch: int, first_step: int, last_step: int, num_workers: int):
-        """This process's micro-batches for optimizer steps [first_step, last_step) of `epoch`, in order.
+    def loader(self, dataset, first_step: int, last_step: int, steps_per_epoch: int, num_workers: int,
+               pin_memory: bool):
+        """This process's micro-batches for optimizer steps [first_step, last_step) of the run, in order.
 
-        The epoch's permutation depends on (seed, epoch) only; step s of the epoch uses its global_batch
-        consecutive entries, of which micro-batch m of process r takes the slice `mine(m)`.
+        Epoch e's permutation depends on (seed, e) only; step s of an epoch uses its global_batch consecutive
+        entries, of which micro-batch m of process r takes the slice `mine(m)`. One DataLoader serves every epoch
+        (each sample names its epoch, for its random crop), so its workers start once and stay: what
+        persistent_workers would give a DataLoader per epoch, without workers that keep a stale epoch.
         """
-        order = torch.randperm(len(dataset), generator=seeded_generator(self.seed, "epoch", epoch)).tolist()
-        batches = [order[step * self.global_batch :][self.mine(micro)]
-                   for step in range(first_step, last_step) for micro in range(self.accumulation)]
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+        return torch.utils.data.DataLoader(EpochSamples(dataset), num_workers=num_workers, pin_memory=pin_memory,
+                                           batch_sampler=self._batches(len(dataset), first_step, last_step,
+                                                                       steps_per_epoch))
+
+    def _batches(self, dataset_size: int, first_step: int, last_step: int, steps_per_epoch: int):
+        """The (epoch, index) lists of `loader`, one permutation per epoch, made as the epoch begins."""
+        order = None
+        for step in range(first_step, last_step):
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            if order is None or step_in_epoch == 0:
+                order = torch.randperm(dataset_size, generator=seeded_generator(self.seed, "epoch", epoch)).tolist()
+            start = step_in_epoch * self.global_batch
+            for micro in range(self.accumulation):
+                mine = self.mine(micro)
+                yield [(epoch, i) for i in order[start + mine.start : start + mine.stop]]
 
     def draws(self, step: int, image_shape: tuple, timestep_sampler):
         """Step `step`'s noise, timesteps (with their loss weights) and flips for the whole global batch (so every
@@ -264,36 +322,64 @@ class BatchLayout:
         return noise, timesteps, weights, flips
 
 
+class EpochSamples(torch.utils.data.Dataset):
+    """An ImageDataset's samples addressed as (epoch, index): a DataLoader worker's copy of the dataset then crops
+    for the epoch each sample belongs to, however long the worker lives."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
 def train_step(step, batches, layout: BatchLayout, image_shape: tuple, model, optimizer, lr_scheduler, ema, accelerator,
                noise_scheduler, objective: DiffusionObjective, loss_sum: torch.Tensor, random_flip: bool,
-               max_grad_norm: float, timestep_sampler):
-    """One optimizer step over `layout.accumulation` micro-batches; adds the loss to `loss_sum`, returns the grad norm.
+               max_grad_norm: float, timestep_sampler, channels_last: bool):
+    """One optimizer step over `layout.accumulation` micro-batches; adds the loss to `loss_sum`, returns the grad norm
+    (a tensor on the device).
 
     Each example's loss is weighted by its timestep's 1 / (T p_t) (1 when uniform); an importance sampler is then
     updated with the bound terms of the whole global batch, gathered in its order, so every process keeps the same
-    sampler state."""
+    sampler state.
+
+    No host sync: nothing here reads a device tensor on the host, and host tensors reach the device asynchronously,
+    so the host queues the next steps while the GPU works; the loop reads the loss and grad norm at log steps only.
+    Two exceptions: --timestep_sampler loss-second-moment reads the gathered bound terms every step (the next draw
+    of t depends on them), and --mixed_precision fp16's GradScaler reads its overflow flag unless AdamW is fused.
+    """
+    device = accelerator.device
+    # The math without the scheduler's input checks: t is drawn in [0, T) here, and checking it would read it on
+    # the host every micro-step.
+    diffusion = noise_scheduler.diffusion
     noise, timesteps, weights, flips = layout.draws(step, image_shape, timestep_sampler)
     learns = isinstance(timestep_sampler, LossSecondMomentSampler)
     bound_terms = []
     for micro in range(layout.accumulation):
         mine = layout.mine(micro)
-        clean = next(batches)["pixel_values"]
+        clean = to_device(next(batches)["pixel_values"], device)
         if random_flip:
-            clean = flip_horizontally(clean, flips[mine])
-        clean = clean.to(accelerator.device)
-        eps, t = noise[mine].to(accelerator.device), timesteps[mine].to(accelerator.device)
-        noisy = noise_scheduler.q_sample(clean, t, eps)  # in fp32: noise is never added in half precision
+            clean = flip_horizontally(clean, to_device(flips[mine], device))
+        eps, t = to_device(noise[mine], device), to_device(timesteps[mine], device)
+        noisy = diffusion.q_sample(clean, t, eps)  # in fp32: noise is never added in half precision
+        if channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
         syncing = micro == layout.accumulation - 1
         with nullcontext() if syncing else accelerator.no_sync(model):
             model_output = model(noisy, t).sample.float()
-            losses = noise_scheduler.training_losses(model_output, clean, noisy, eps, t, objective=objective)
-            loss = (losses["loss"] * weights[mine].to(accelerator.device)).mean() / layout.accumulation
+            losses = objective.losses(diffusion, model_output, clean, noisy, eps, t)
+            loss = (losses["loss"] * to_device(weights[mine], device)).mean() / layout.accumulation
             accelerator.backward(loss)
         loss_sum += loss.detach()
         if learns:  # the L_vlb terms (hybrid: its VLB term alone), not the weighted loss
             bound_terms.append(accelerator.gather(losses["vb"].detach().contiguous()))
     if learns:  # gathered per micro-step in rank order: micro-step m, process r holds layout.mine(m)
-        bound_terms = torch.cat(bound_terms).cpu()
+        bound_terms = torch.cat(bound_terms).cpu()  # the host sync of loss-second-moment (see the docstring)
         if torch.isfinite(bound_terms).all():  # a NaN/Inf stops the run at the next log or checkpoint (mean_loss)
             timestep_sampler.update(timesteps, bound_terms)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -301,32 +387,171 @@ def train_step(step, batches, layout: BatchLayout, image_shape: tuple, model, op
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None:
-        ema.step(accelerator.unwrap_model(model).parameters())
+        ema.step(model.parameters())  # the UNet's own: no unwrapping, which would rewire a compiled DDP model
     return grad_norm
 
 
-class StopSignal:
-    """SIGTERM/SIGINT let the current step finish; the loop then checkpoints and exits with 128 + the signal."""
+# ------------------------------------------------------------------------------------------------- speed
+def adam_implementation(choice: str, device: torch.device) -> dict:
+    """torch.optim.AdamW's keyword arguments for --adam_implementation on `device` (the same update; the kernels
+    differ), refused before anything is written where PyTorch has no fused AdamW for the device."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # PyTorch's own list, as AdamW checks
 
-    def __init__(self):
-        self.signum = None
-        signal.signal(signal.SIGTERM, self._request)
-        signal.signal(signal.SIGINT, self._request)
+    fused_devices = _get_fused_kernels_supported_devices()
+    if choice == "auto":
+        choice = "fused" if device.type in fused_devices else "foreach"
+    elif choice == "fused" and device.type not in fused_devices:
+        raise UsageError(f"PyTorch has no fused AdamW for {device.type} (only {', '.join(fused_devices)})",
+                         "--adam_implementation", "use auto or foreach")
+    return {"fused": choice == "fused", "foreach": choice == "foreach"}
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor of a parameter's shape that parameter's memory format (strides)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def allow_tf32() -> None:
+    """--allow_tf32: TensorFloat-32 in fp32 matmuls and cuDNN convolutions (NVIDIA Ampere and later only)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def check_compiled_gradients(model, compiled, unet, batch_shape: tuple, num_timesteps: int, memory_format,
+                             half_precision: bool) -> None:
+    """--compile: stop before training unless the compiled forward's gradients match eager PyTorch's on a random
+    batch of the training shape (which compiles the graph the steps use). Compilers have had silent wrong-gradient
+    bugs (PyTorch 2.13's CPU backend zeroes most of this UNet's), which a run would train on unnoticed. Rounding
+    moves the gradient by well under 2% in fp32 (TF32 included) and by a few % under autocast; a bug zeroes or
+    scrambles whole parameters' gradients."""
+    unet.train()  # the training graph
+    generator = torch.Generator().manual_seed(0)
+    device = next(unet.parameters()).device
+    noisy = torch.randn(batch_shape, generator=generator).to(device).contiguous(memory_format=memory_format)
+    t = torch.randint(0, num_timesteps, batch_shape[:1], generator=generator).to(device)
+    gradients = []
+    for forward in (model, compiled):
+        torch.manual_seed(0)  # the same dropout masks
+        forward(noisy, t).sample.float().square().mean().backward()
+        gradients.append({name: p.grad.float().clone() for name, p in unet.named_parameters() if p.grad is not None})
+        unet.zero_grad(set_to_none=True)
+    eager, got = gradients
+    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in eager.values()]))
+    got = {name: got.get(name, torch.zeros_like(g)) for name, g in eager.items()}  # a missing gradient is 0
+    errors = {name: (got[name] - g).norm() / g.norm() for name, g in eager.items() if g.norm() >= 1e-3 * total}
+    overall = torch.linalg.vector_norm(torch.stack([(got[name] - g).norm() for name, g in eager.items()])) / total
+    worst = max(errors, key=errors.get)
+    if overall > (0.2 if half_precision else 0.02) or errors[worst] > 0.5:
+        raise RunFailure(f"torch.compile's gradients are wrong on a test batch ({overall:.1%} off overall, "
+                         f"{errors[worst]:.0%} on {worst}): a compiler bug of torch {torch.__version__} on "
+                         f"{device.type}", "--compile", "train without --compile, or with another PyTorch version")
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without a host sync: on CUDA copied from pinned memory (the DataLoader's batches
+    are pinned already), since a blocking copy waits for the GPU, and one from pageable memory does not overlap."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+# ------------------------------------------------------------------------------------------- stopping early
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")  # SIGUSR1: SLURM's --signal=USR1@SECONDS, before the time limit
+# Why a run stops early, as codes the processes can exchange (0: no reason); the launcher's exit is a SIGTERM.
+STOP_REASONS = (None, "--max_train_time", "the launcher exited", *STOP_SIGNALS)
+
+
+def launcher() -> str | None:
+    """The launcher that started this process (`accelerate launch`, torchrun), or None for a plain `python`."""
+    return next((name for variable, name in LAUNCHERS.items() if variable in os.environ), None)
+
+
+def watch_launcher() -> None:
+    """Under a launcher on Linux, have the kernel send this process SIGTERM when the launcher exits, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so that train.py never runs on alone: before the loop the signal ends the process,
+    in the loop StopSignal checkpoints and stops. A plain `python train.py` is left to outlive its shell (nohup)."""
+    if launcher() is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return  # not available (e.g. a sandbox): the launcher's own signals still reach train.py
+    if os.getppid() != PARENT_PID:  # the launcher exited before prctl, so no signal will come: as if it had
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StopSignal:
+    """Stops the loop resumably on SIGTERM, SIGINT or SIGUSR1, on the launcher's exit (the SIGTERM of
+    watch_launcher) or after --max_train_time: the current step finishes, the loop checkpoints and exits with
+    EXIT_RESUMABLE. The time counts from the start of the process."""
+
+    def __init__(self, max_seconds: float | None = None):
+        self.reason = None
+        self.deadline = None if max_seconds is None else psutil.Process().create_time() + max_seconds
+        self.last_check = time.time()
+        for name in STOP_SIGNALS:
+            if hasattr(signal, name):  # SIGUSR1 is POSIX only
+                signal.signal(getattr(signal, name), self._request)
 
     def _request(self, signum, frame):
-        self.signum = signum
+        if self.reason is None:
+            self.reason = signal.Signals(signum).name
 
-    def agreed(self, accelerator: Accelerator) -> bool:
-        """Whether any process got a signal: all processes must stop at the same step to checkpoint."""
-        requested = self.signum is not None
+    def _out_of_time(self) -> bool:
+        """Whether the next check, as far off as the last one was, would come after the deadline."""
+        now = time.time()
+        interval, self.last_check = now - self.last_check, now
+        return self.deadline is not None and now + interval >= self.deadline
+
+    def agreed(self, accelerator: Accelerator) -> str | None:
+        """Why to stop at this step, the same on every process: with several, any process's reason (a collective)."""
+        if self.reason is None and self._out_of_time():
+            self.reason = "--max_train_time"
+        # watch_launcher's SIGTERM, told apart once the launcher is gone: the kernel sends it when the launcher's
+        # thread exits, which can be before the whole launcher has (os.getppid() would not have changed yet)
+        if self.reason == "SIGTERM" and launcher() is not None and os.getppid() != PARENT_PID:
+            self.reason = "the launcher exited"
         if accelerator.num_processes == 1:
-            return requested
-        flag = torch.tensor(float(requested), device=accelerator.device)
-        signum = torch.tensor(float(self.signum or 0), device=accelerator.device)
-        if accelerator.reduce(flag, reduction="sum").item() > 0:
-            self.signum = int(accelerator.reduce(signum, reduction="sum").item()) or signal.SIGTERM
-            return True
-        return False
+            return self.reason
+        codes = accelerator.gather(torch.tensor([STOP_REASONS.index(self.reason)], device=accelerator.device))
+        self.reason = STOP_REASONS[next((code for code in codes.tolist() if code), 0)]
+        return self.reason
+
+
+def stop_resumably(accelerator, reason: str, config, step: int, checkpoint: Path, output_dir: Path, argv) -> None:
+    """After the checkpoint of `step`: one log line with the step, the checkpoint and the resume command, the same
+    in OUTPUT_DIR/run_status.json, and exit status EXIT_RESUMABLE."""
+    why = f"--max_train_time {config.max_train_time}" if reason == "--max_train_time" else reason
+    resume = resume_command(argv)
+    logger.info(f"stopped at step {step} ({why}), resumable (exit status {EXIT_RESUMABLE}): checkpoint {checkpoint}; "
+                f"resume: {resume}")
+    if accelerator.is_main_process:
+        write_run_status(output_dir, "stopped", step=step, max_train_steps=config.max_train_steps, reason=why,
+                         checkpoint=str(checkpoint), exit_status=EXIT_RESUMABLE, resume=resume)
+    accelerator.end_training()
+    sys.exit(EXIT_RESUMABLE)
+
+
+def resume_command(argv: list[str]) -> str:
+    """This run's command continued from its newest checkpoint: its arguments without --hub_token (never logged)
+    or an earlier --resume_from_checkpoint, then `--resume_from_checkpoint latest`; a launcher's own options, which
+    train.py does not see, are shown as `...`."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg.split("=", 1)[0] in ("--hub_token", "--resume_from_checkpoint"):
+            skip_value = "=" not in arg
+        else:
+            kept.append(arg)
+    start = [*launcher().split(), "..."] if launcher() else ["python"]
+    return " ".join([*start, shlex.join([sys.argv[0], *kept, "--resume_from_checkpoint", "latest"])])
 
 
 class Throughput:
