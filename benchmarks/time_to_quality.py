@@ -19,13 +19,13 @@ The clock: the x-axis is training seconds as the trainer counts them, the sum of
 forward, backward, optimizer, EMA) from the first step; start-up, checkpoints and evaluation are off the clock.
 train.py records them in each checkpoint (training_state.json `train_seconds`), the example loop here the same way.
 
-How a train.py run is driven, as users run it: in segments of `python training/train.py ... --resume_from_checkpoint
-latest --max_train_time Ns`, one per evaluation point, each ending resumably (exit status 75, run_status.json
-"stopped" by --max_train_time; 0 and "finished" at its last step). --max_train_time counts from the process start,
-so N is the seconds still wanted plus the overhead the previous segment measured (its wall time less its training
-seconds: start-up, the checkpoint, the exit; --startup-seconds for the first): points land near multiples of
---eval-every, slightly beyond, and each records its true seconds. A segment that ends short of its target by more
-than 10% of --eval-every (a first guess too small) is followed by another before the point.
+How a train.py run is driven, as a cluster scheduler drives it: in segments of `python training/train.py ...
+--resume_from_checkpoint latest`, one per evaluation point, each stopped resumably by SIGUSR1 (train.py finishes the
+step, checkpoints, exits with status 75 and run_status.json "stopped"; 0 and "finished" at its last step). The signal
+is sent the seconds still wanted after train.py marks its loop started (run_status.json "running"), so start-up
+time, however much it varies, is off the clock: points land at multiples of --eval-every to within about a step, and
+each records its true seconds. A segment that ends short of its target by more than 10% of --eval-every is followed
+by another before the point.
 Then `hf-ddpm export CHECKPOINT --output points/step-S` writes the EMA pipeline and `hf_ddpm.evaluation.evaluate`
 scores it. The example loop trains in this process to the same targets, saves its state and a stock
 DDPMPipeline folder of its EMA weights at each point, evaluated the same way.
@@ -51,6 +51,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -65,13 +66,14 @@ TRAIN = ROOT / "training" / "train.py"
 sys.path.insert(0, str(ROOT))  # training/config.py, as `training.config`
 
 from diffusers_example_loop import STATE_FILE, DiffusersExampleLoop, ExampleSettings, example_unet_config  # noqa: E402
+from training.stopping import EXIT_RESUMABLE  # noqa: E402
 
 PROG = "time_to_quality.py"
 RUN_FILE = "run.json"
-EXIT_RESUMABLE = 75  # train.py's status for a resumable stop (--max_train_time, signals)
+STOP = signal.SIGUSR1  # a resumable stop of train.py, as a cluster's warning before its time limit
+POLL_SECONDS = 0.05
 UNBOUNDED_STEPS = 1_000_000  # train.py's --max_train_steps for a run that the budget ends
 NEVER = 1_000_000_000  # --checkpointing_steps / --save_images_steps: only the stops checkpoint, no sample grids
-STARTUP_SECONDS = 8.0  # a first guess of a train.py segment's overhead (start-up to first step, checkpoint, exit)
 TOLERANCE = 0.1  # of --eval-every: a point this close to its target counts for it
 
 
@@ -210,7 +212,7 @@ def train_argv(name: str, run_dir: Path, settings: RunSettings) -> list[str]:
 
 
 class TrainScriptRunner:
-    """A train.py recipe, trained in segments of `python training/train.py ... --max_train_time`."""
+    """A train.py recipe, trained in segments of `python training/train.py ...` that SIGUSR1 stops."""
 
     def __init__(self, name: str, run_dir: Path, settings: RunSettings):
         from training.config import parse_config
@@ -244,36 +246,53 @@ class TrainScriptRunner:
         path = self.output_dir / "run_status.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def train_to(self, target: float, state: TrainState, overhead: float) -> dict:
-        """One segment: train.py until about `target` training seconds (`overhead`: the seconds it spends besides
-        training steps)."""
+    def _status_version(self) -> tuple[int, int] | None:
+        """Which run_status.json is there (train.py replaces it by a rename: a new inode each time)."""
+        try:
+            stat = (self.output_dir / "run_status.json").stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def train_to(self, target: float, state: TrainState) -> dict:
+        """One segment: train.py until about `target` training seconds, stopped by SIGUSR1 that many seconds after
+        its loop started."""
         from hf_ddpm.options import RunFailure
 
-        limit = round(target - state.seconds + overhead, 1)
-        command = [sys.executable, str(TRAIN), *self.argv, "--resume_from_checkpoint", "latest",
-                   "--max_train_time", f"{limit}s"]
+        wanted = target - state.seconds
+        command = [sys.executable, str(TRAIN), *self.argv, "--resume_from_checkpoint", "latest"]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU, as the comparison is
+        before = self._status_version()
         with open(self.log, "a") as log:
             log.write(f"\n$ {shlex.join(command)}\n")
             log.flush()
             start = time.perf_counter()
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
             try:
+                loop_start = None
+                while process.poll() is None:
+                    now = time.perf_counter()
+                    if loop_start is None and self._status_version() != before and \
+                            self._status().get("status") == "running":
+                        loop_start = now
+                    if loop_start is not None and now - loop_start >= wanted:
+                        process.send_signal(STOP)
+                        break
+                    time.sleep(POLL_SECONDS)
                 code = process.wait()
             except KeyboardInterrupt:  # train.py got the SIGINT too: let it write its checkpoint and exit
                 process.wait()
                 raise
         status = self._status()
         ended = (code == 0 and status.get("status") == "finished") or (
-            code == EXIT_RESUMABLE and status.get("status") == "stopped"
-            and str(status.get("reason", "")).startswith("--max_train_time"))
+            code == EXIT_RESUMABLE and status.get("status") == "stopped" and status.get("reason") == STOP.name)
         if not ended:
             last = (self.log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
             raise RunFailure(f"train.py exited with status {code} ({status.get('reason') or last.strip()[:200]})",
                              None, f"see {self.log}; run the same command again to continue from its last checkpoint")
         after = self.latest()
         return {"from_step": state.step, "to_step": after.step, "from_seconds": state.seconds,
-                "to_seconds": after.seconds, "max_train_time": limit, "exit_status": code,
+                "to_seconds": after.seconds, "signal_after": round(wanted, 2), "exit_status": code,
                 "wall_seconds": round(time.perf_counter() - start, 2)}
 
     def export(self, step: int, folder: Path) -> None:
@@ -320,7 +339,7 @@ class ExampleLoopRunner:
     def latest(self) -> TrainState:
         return TrainState(self.loop.global_step, self.seconds)
 
-    def train_to(self, target: float, state: TrainState, overhead: float) -> dict:
+    def train_to(self, target: float, state: TrainState) -> dict:
         from hf_ddpm.options import RunFailure
 
         start, loss = time.perf_counter(), None
@@ -407,19 +426,8 @@ def start_record(run_dir: Path, settings: RunSettings, command: str) -> dict:
     return record
 
 
-def overhead(segments: list[dict], first_guess: float) -> float:
-    """The seconds a train.py segment spends besides training steps, as the last one measured: its wall time less
-    the training seconds it added (`first_guess` before any)."""
-    timed = [s for s in segments if "max_train_time" in s]
-    if not timed:
-        return first_guess
-    last = timed[-1]
-    return max(0.0, last["wall_seconds"] - (last["to_seconds"] - last["from_seconds"]))
-
-
-def run_recipe(settings: RunSettings, output: Path, command: str, startup_seconds: float = STARTUP_SECONDS) -> Path:
-    """Train and evaluate one run to its budget, continuing what a previous call left; returns the run folder.
-    `startup_seconds`: the first guess of a train.py segment's overhead."""
+def run_recipe(settings: RunSettings, output: Path, command: str) -> Path:
+    """Train and evaluate one run to its budget, continuing what a previous call left; returns the run folder."""
     from hf_ddpm.artifacts import count_parameters
     from hf_ddpm.options import RunFailure
 
@@ -456,7 +464,7 @@ def run_recipe(settings: RunSettings, output: Path, command: str, startup_second
             return run_dir
         state = runner.latest()
         while state.seconds < remaining[0] - tolerance and not state.finished:
-            segment = runner.train_to(remaining[0], state, overhead(record["segments"], startup_seconds))
+            segment = runner.train_to(remaining[0], state)
             record["segments"].append(segment)
             write_record(run_dir, record)
             if segment["to_step"] <= state.step:
@@ -543,17 +551,17 @@ def table(paths: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def at_least(kind, low, inclusive: bool = False):
-    """An argparse type: a number of `kind` above `low` (or equal, when `inclusive`)."""
+def positive(kind):
+    """An argparse type: a number of `kind` above 0."""
     def parse(text: str):
         value = kind(text)
-        if not (value >= low if inclusive else value > low):
-            raise argparse.ArgumentTypeError(f"{text} is not {'at least' if inclusive else 'more than'} {low}")
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} is not more than 0")
         return value
     return parse
 
 
-positive_int, positive_float = at_least(int, 0), at_least(float, 0)
+positive_int, positive_float = positive(int), positive(float)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -590,10 +598,6 @@ def build_parser() -> argparse.ArgumentParser:
     quick = run.add_argument_group("quick runs (tests)")
     quick.add_argument("--max-train-samples", type=positive_int, help="train on the first N images only")
     quick.add_argument("--model-config", help="a UNet config.json for the recipe instead of its own network")
-    run.add_argument("--startup-seconds", type=at_least(float, 0, inclusive=True), default=STARTUP_SECONDS,
-                     help="a first guess of the seconds a train.py segment spends besides training (start-up, "
-                          "checkpoint, exit), added to the first --max_train_time; later segments use what the last "
-                          "one measured (default: %(default)s)")
     for name, help_text in (("plot", "FID and bits/dim against training seconds, one line per run, as a PNG"),
                             ("table", "a markdown table of each run's last point")):
         sub = commands.add_parser(name, help=help_text)
@@ -618,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args.max_train_samples,
                                    args.model_config and str(Path(args.model_config).resolve()))
             command_line = shlex.join(["python", "benchmarks/time_to_quality.py", *argv])
-            run_dir = run_recipe(settings, Path(args.output), command_line, args.startup_seconds)
+            run_dir = run_recipe(settings, Path(args.output), command_line)
             print(table([str(run_dir)]))
         elif args.command == "plot":
             print(f"wrote {plot_runs(args.runs, args.output)}")

@@ -1,12 +1,16 @@
 """benchmarks/time_to_quality.py and its diffusers example loop: every train.py recipe is a valid train.py run that
-changes what it says, the example loop resumes exactly, and evaluation targets fall where the budget says."""
+changes what it says, the example loop resumes exactly, evaluation targets fall where the budget says, and a smoke
+run of a train.py recipe and of the example loop (seconds of training, the tiny UNet, a stand-in Inception) gives run
+records, a plot and a table."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from conftest import ROOT
@@ -101,6 +105,53 @@ def test_example_loop_resumed_repeats_the_uninterrupted_run(tiny_config, tmp_pat
         assert all(torch.equal(value, resumed_moments[index][key]) for key, value in moments.items())
     assert straight.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
     assert straight.ema.optimization_step == resumed.ema.optimization_step == 7
+
+
+def test_smoke_runs_plot_and_table(tiny_config, fake_inception, tmp_path, monkeypatch, capsys):
+    """Two recipes for 4 training seconds, evaluated every 2 (two points each), then the same commands again (nothing
+    new), a changed setting (refused), the plot and the table."""
+    monkeypatch.setenv("HF_DDPM_CACHE", str(tmp_path / "fid-cache"))
+    output = tmp_path / "runs"
+    common = ["--budget", "4", "--eval-every", "2", "--output", str(output), "--batch-size", "8",
+              "--max-train-samples", "64", "--model-config", str(tiny_config), "--num-samples", "4", "--steps", "2",
+              "--bpd-num-images", "1", "--max-reference-images", "8", "--inception-weights", fake_inception["pool3"]]
+    for recipe in (DEMO, "diffusers-example"):
+        assert ttq.main(["run", recipe, *common]) == 0, capsys.readouterr().err
+        record = json.loads((output / f"{recipe}-seed0" / ttq.RUN_FILE).read_text())
+        points = record["points"]
+        seconds = [p["train_seconds"] for p in points]
+        assert len(points) == 2 and seconds == sorted(seconds) and len(set(seconds)) == len(seconds), recipe
+        assert seconds[-1] >= 4 - ttq.TOLERANCE * 2
+        steps = [p["step"] for p in points]
+        assert steps == sorted(steps) and steps[0] > 0
+        for point in points:
+            assert all(math.isfinite(point[k]) for k in ("fid", "kid", "kid_std", "bpd")), point
+            assert (output / f"{recipe}-seed0" / point["pipeline"] / "eval_results.json").is_file()
+        assert record["train_batch_size"] == 8 and record["num_parameters"] > 0
+    # train.py's segments are stopped by the signal within about a step of their targets, start-up off the clock
+    train_segments = json.loads((output / "demo-seed0" / ttq.RUN_FILE).read_text())["segments"]
+    assert [s["exit_status"] for s in train_segments] == [ttq.EXIT_RESUMABLE] * len(train_segments)
+    first = json.loads((output / "demo-seed0" / ttq.RUN_FILE).read_text())["points"][0]["train_seconds"]
+    assert 2 - ttq.TOLERANCE * 2 <= first < 3, first
+
+    before = {r: (output / f"{r}-seed0" / ttq.RUN_FILE).read_text() for r in (DEMO, "diffusers-example")}
+    for recipe in (DEMO, "diffusers-example"):
+        assert ttq.main(["run", recipe, *common]) == 0
+        again = json.loads((output / f"{recipe}-seed0" / ttq.RUN_FILE).read_text())
+        first = json.loads(before[recipe])
+        assert (again["points"], again["segments"]) == (first["points"], first["segments"])  # nothing trained
+    assert ttq.main(["run", DEMO, *common, "--eval-every", "3"]) == 2
+    assert "eval_every" in capsys.readouterr().err
+
+    png = tmp_path / "ttq.png"
+    runs = [str(output / f"{r}-seed0") for r in (DEMO, "diffusers-example")]
+    assert ttq.main(["plot", *runs, "--output", str(png)]) == 0
+    with PIL.Image.open(png) as image:
+        assert image.size[0] > 500 and len(np.unique(np.asarray(image.convert("L")))) > 10  # drawn, not blank
+    capsys.readouterr()
+    assert ttq.main(["table", *runs]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| demo (seed 0)") and rows[3].startswith("| diffusers-example")
 
 
 @pytest.mark.parametrize("budget, every, targets", [(600, 150, [150, 300, 450, 600]), (500, 150, [150, 300, 450, 500]),

@@ -175,7 +175,7 @@ def test_gradient_checkpointing_keeps_the_gradients_and_saves_less_for_backward(
 def test_adam_implementations_match_the_for_loop(choice):
     """Each --adam_implementation gives the for-loop AdamW's weights after 5 steps (1e-6 absolute: the kernels
     only round differently); auto is fused on this CPU."""
-    from training.train import adam_implementation
+    from training.performance import adam_implementation
 
     def trained(kernels: dict) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(0)
@@ -196,7 +196,7 @@ def test_adam_implementations_match_the_for_loop(choice):
 def test_a_resumed_optimizer_state_takes_its_weights_memory_format():
     """A checkpoint of the other layout (--channels_last on one side only) restores Adam's moments in its layout;
     fused AdamW would pair them with the weights by memory order. After the hook the step is the for-loop's."""
-    from training.train import match_parameter_layouts
+    from training.performance import match_parameter_layouts
 
     def resumed_step(kernels: dict, fix: bool) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
@@ -221,7 +221,7 @@ def test_a_resumed_optimizer_state_takes_its_weights_memory_format():
 
 
 def test_fused_adam_is_refused_where_pytorch_has_none():
-    from training.train import adam_implementation
+    from training.performance import adam_implementation
 
     with pytest.raises(UsageError, match=r"PyTorch has no fused AdamW for meta .*\(--adam_implementation\): use auto"):
         adam_implementation("fused", torch.device("meta"))

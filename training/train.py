@@ -22,9 +22,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
-import shlex
-import signal
 import sys
 import time
 import warnings
@@ -32,7 +29,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -56,13 +52,11 @@ from config import PROG, parse_config, parse_duration  # noqa: E402
 from inputs import build_unet_config, check_data_fits_model, load_eval_images, open_images  # noqa: E402
 from outputs import (check_writable, evaluate_bpd, run_record, save_final_pipeline, save_sample_grid,  # noqa: E402
                      start_trackers, write_run_status)
+from performance import (adam_implementation, allow_tf32, check_compiled_gradients, match_parameter_layouts,  # noqa: E402
+                         to_device)
+from stopping import EXIT_RESUMABLE, StopSignal, resume_command, watch_launcher  # noqa: E402
 
 logger = get_logger(__name__)
-
-EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: stopped early with a checkpoint; --resume_from_checkpoint latest goes on
-# The launchers whose exit stops train.py (watch_launcher), recognized by a variable each sets for its processes.
-LAUNCHERS = {"ACCELERATE_DYNAMO_BACKEND": "accelerate launch", "TORCHELASTIC_RUN_ID": "torchrun"}
-PARENT_PID = os.getppid()  # read as the script starts: a launcher that exits before it is watched is noticed too
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -391,139 +385,6 @@ def train_step(step, batches, layout: BatchLayout, image_shape: tuple, model, op
     return grad_norm
 
 
-# ------------------------------------------------------------------------------------------------- speed
-def adam_implementation(choice: str, device: torch.device) -> dict:
-    """torch.optim.AdamW's keyword arguments for --adam_implementation on `device` (the same update; the kernels
-    differ), refused before anything is written where PyTorch has no fused AdamW for the device."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices  # PyTorch's own list, as AdamW checks
-
-    fused_devices = _get_fused_kernels_supported_devices()
-    if choice == "auto":
-        choice = "fused" if device.type in fused_devices else "foreach"
-    elif choice == "fused" and device.type not in fused_devices:
-        raise UsageError(f"PyTorch has no fused AdamW for {device.type} (only {', '.join(fused_devices)})",
-                         "--adam_implementation", "use auto or foreach")
-    return {"fused": choice == "fused", "foreach": choice == "foreach"}
-
-
-def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give each optimizer state tensor of a parameter's shape that parameter's memory format (strides)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-def allow_tf32() -> None:
-    """--allow_tf32: TensorFloat-32 in fp32 matmuls and cuDNN convolutions (NVIDIA Ampere and later only)."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-
-def check_compiled_gradients(model, compiled, unet, batch_shape: tuple, num_timesteps: int, memory_format,
-                             half_precision: bool) -> None:
-    """--compile: stop before training unless the compiled forward's gradients match eager PyTorch's on a random
-    batch of the training shape (which compiles the graph the steps use). Compilers have had silent wrong-gradient
-    bugs (PyTorch 2.13's CPU backend zeroes most of this UNet's), which a run would train on unnoticed. Rounding
-    moves the gradient by well under 2% in fp32 (TF32 included) and by a few % under autocast; a bug zeroes or
-    scrambles whole parameters' gradients."""
-    unet.train()  # the training graph
-    generator = torch.Generator().manual_seed(0)
-    device = next(unet.parameters()).device
-    noisy = torch.randn(batch_shape, generator=generator).to(device).contiguous(memory_format=memory_format)
-    t = torch.randint(0, num_timesteps, batch_shape[:1], generator=generator).to(device)
-    gradients = []
-    for forward in (model, compiled):
-        torch.manual_seed(0)  # the same dropout masks
-        forward(noisy, t).sample.float().square().mean().backward()
-        gradients.append({name: p.grad.float().clone() for name, p in unet.named_parameters() if p.grad is not None})
-        unet.zero_grad(set_to_none=True)
-    eager, got = gradients
-    total = torch.linalg.vector_norm(torch.stack([g.norm() for g in eager.values()]))
-    got = {name: got.get(name, torch.zeros_like(g)) for name, g in eager.items()}  # a missing gradient is 0
-    errors = {name: (got[name] - g).norm() / g.norm() for name, g in eager.items() if g.norm() >= 1e-3 * total}
-    overall = torch.linalg.vector_norm(torch.stack([(got[name] - g).norm() for name, g in eager.items()])) / total
-    worst = max(errors, key=errors.get)
-    if overall > (0.2 if half_precision else 0.02) or errors[worst] > 0.5:
-        raise RunFailure(f"torch.compile's gradients are wrong on a test batch ({overall:.1%} off overall, "
-                         f"{errors[worst]:.0%} on {worst}): a compiler bug of torch {torch.__version__} on "
-                         f"{device.type}", "--compile", "train without --compile, or with another PyTorch version")
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without a host sync: on CUDA copied from pinned memory (the DataLoader's batches
-    are pinned already), since a blocking copy waits for the GPU, and one from pageable memory does not overlap."""
-    if device.type == "cuda" and not tensor.is_pinned():
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-# ------------------------------------------------------------------------------------------- stopping early
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")  # SIGUSR1: SLURM's --signal=USR1@SECONDS, before the time limit
-# Why a run stops early, as codes the processes can exchange (0: no reason); the launcher's exit is a SIGTERM.
-STOP_REASONS = (None, "--max_train_time", "the launcher exited", *STOP_SIGNALS)
-
-
-def launcher() -> str | None:
-    """The launcher that started this process (`accelerate launch`, torchrun), or None for a plain `python`."""
-    return next((name for variable, name in LAUNCHERS.items() if variable in os.environ), None)
-
-
-def watch_launcher() -> None:
-    """Under a launcher on Linux, have the kernel send this process SIGTERM when the launcher exits, even by SIGKILL
-    (prctl PR_SET_PDEATHSIG), so that train.py never runs on alone: before the loop the signal ends the process,
-    in the loop StopSignal checkpoints and stops. A plain `python train.py` is left to outlive its shell (nohup)."""
-    if launcher() is None or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
-        return  # not available (e.g. a sandbox): the launcher's own signals still reach train.py
-    if os.getppid() != PARENT_PID:  # the launcher exited before prctl, so no signal will come: as if it had
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-class StopSignal:
-    """Stops the loop resumably on SIGTERM, SIGINT or SIGUSR1, on the launcher's exit (the SIGTERM of
-    watch_launcher) or after --max_train_time: the current step finishes, the loop checkpoints and exits with
-    EXIT_RESUMABLE. The time counts from the start of the process."""
-
-    def __init__(self, max_seconds: float | None = None):
-        self.reason = None
-        self.deadline = None if max_seconds is None else psutil.Process().create_time() + max_seconds
-        self.last_check = time.time()
-        for name in STOP_SIGNALS:
-            if hasattr(signal, name):  # SIGUSR1 is POSIX only
-                signal.signal(getattr(signal, name), self._request)
-
-    def _request(self, signum, frame):
-        if self.reason is None:
-            self.reason = signal.Signals(signum).name
-
-    def _out_of_time(self) -> bool:
-        """Whether the next check, as far off as the last one was, would come after the deadline."""
-        now = time.time()
-        interval, self.last_check = now - self.last_check, now
-        return self.deadline is not None and now + interval >= self.deadline
-
-    def agreed(self, accelerator: Accelerator) -> str | None:
-        """Why to stop at this step, the same on every process: with several, any process's reason (a collective)."""
-        if self.reason is None and self._out_of_time():
-            self.reason = "--max_train_time"
-        # watch_launcher's SIGTERM, told apart once the launcher is gone: the kernel sends it when the launcher's
-        # thread exits, which can be before the whole launcher has (os.getppid() would not have changed yet)
-        if self.reason == "SIGTERM" and launcher() is not None and os.getppid() != PARENT_PID:
-            self.reason = "the launcher exited"
-        if accelerator.num_processes == 1:
-            return self.reason
-        codes = accelerator.gather(torch.tensor([STOP_REASONS.index(self.reason)], device=accelerator.device))
-        self.reason = STOP_REASONS[next((code for code in codes.tolist() if code), 0)]
-        return self.reason
-
-
 def stop_resumably(accelerator, reason: str, config, step: int, checkpoint: Path, output_dir: Path, argv) -> None:
     """After the checkpoint of `step`: one log line with the step, the checkpoint and the resume command, the same
     in OUTPUT_DIR/run_status.json, and exit status EXIT_RESUMABLE."""
@@ -536,22 +397,6 @@ def stop_resumably(accelerator, reason: str, config, step: int, checkpoint: Path
                          checkpoint=str(checkpoint), exit_status=EXIT_RESUMABLE, resume=resume)
     accelerator.end_training()
     sys.exit(EXIT_RESUMABLE)
-
-
-def resume_command(argv: list[str]) -> str:
-    """This run's command continued from its newest checkpoint: its arguments without --hub_token (never logged)
-    or an earlier --resume_from_checkpoint, then `--resume_from_checkpoint latest`; a launcher's own options, which
-    train.py does not see, are shown as `...`."""
-    kept, skip_value = [], False
-    for arg in argv:
-        if skip_value:
-            skip_value = False
-        elif arg.split("=", 1)[0] in ("--hub_token", "--resume_from_checkpoint"):
-            skip_value = "=" not in arg
-        else:
-            kept.append(arg)
-    start = [*launcher().split(), "..."] if launcher() else ["python"]
-    return " ".join([*start, shlex.join([sys.argv[0], *kept, "--resume_from_checkpoint", "latest"])])
 
 
 class Throughput:

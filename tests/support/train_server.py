@@ -131,12 +131,14 @@ def serve_train_cases() -> None:
     import traceback
 
     sys.path.insert(0, str(TRAIN.parent))  # as the interpreter does for `python training/train.py`
-    # every import train.py makes, done once here: training/'s own modules pull in the libraries
+    # every import train.py makes, done once here: training/'s own modules pull in the libraries. Not stopping.py:
+    # it reads its PARENT_PID as it is imported, which must be in the child, as train.py starts.
     import checkpoints  # noqa: F401
     import config  # noqa: F401
     import datasets  # noqa: F401
     import inputs  # noqa: F401
     import outputs  # noqa: F401
+    import performance  # noqa: F401
     from accelerate import Accelerator  # noqa: F401
     from diffusers.training_utils import EMAModel  # noqa: F401
 
