@@ -5,6 +5,7 @@ against the Fashion-MNIST test split, bits/dim of the first test images), and dr
     python benchmarks/time_to_quality.py run demo --budget 600 --eval-every 150 --seed 0 \\
         --output benchmarks/results/time_to_quality/            # -> .../demo-seed0/run.json; again: it continues
     python benchmarks/time_to_quality.py plot benchmarks/results/time_to_quality/*/ --output ttq.png
+    python benchmarks/time_to_quality.py grids benchmarks/results/time_to_quality/*/ --output ttq_samples.png
     python benchmarks/time_to_quality.py table benchmarks/results/time_to_quality/*/
     python benchmarks/time_to_quality.py list                  # the recipes
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -536,6 +538,47 @@ def plot_runs(paths: list[str], output: str, dpi: int = 120) -> str:
     return output
 
 
+def grid_runs(paths: list[str], output: str, dpi: int = 120) -> str:
+    """The evaluated samples of each run folder as a PNG: a row per run, a column per point, each the 8x8 grid of
+    the point's first FID samples, titled with its training seconds and FID."""
+    import PIL.Image
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from hf_ddpm.artifacts import SAMPLES_GRID_FILE
+    from hf_ddpm.commands.plot import check_output
+    from hf_ddpm.options import UsageError
+
+    check_output(output)
+    runs = load_runs(paths)
+    for path, record in zip(paths, runs):
+        missing = [point["pipeline"] for point in record["points"]
+                   if not (Path(path) / point["pipeline"] / SAMPLES_GRID_FILE).is_file()]
+        if not Path(path).is_dir() or missing:
+            raise UsageError(f"{path} has no samples for {', '.join(missing) or 'its points'}", "RUN_DIRS",
+                             "pass the run folders `run` wrote (a run.json alone holds no images)")
+    columns = max(len(record["points"]) for record in runs)
+    fig = Figure(figsize=(2.2 * columns + 1.4, 2.4 * len(runs)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(runs), columns, squeeze=False)
+    for row, (path, record) in enumerate(zip(paths, runs)):
+        axes[row][0].set_ylabel(run_label(record), fontsize=8)
+        for column, ax in enumerate(axes[row]):
+            ax.set(xticks=[], yticks=[])
+            if column >= len(record["points"]):
+                ax.set_axis_off()
+                continue
+            point = record["points"][column]
+            with PIL.Image.open(Path(path) / point["pipeline"] / SAMPLES_GRID_FILE) as image:
+                ax.imshow(image.convert("L"), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{point['train_seconds']:.0f} s, FID {point['fid']:.1f}", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi)
+    PIL.Image.open(buffer).convert("L").save(output, optimize=True)  # gray: half the size of the RGBA file
+    return output
+
+
 def table(paths: list[str]) -> str:
     """A markdown table of each run's last point."""
     rows = ["| run | parameters | batch | steps | training s | img/s | FID | KID | bits/dim |",
@@ -599,10 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--max-train-samples", type=positive_int, help="train on the first N images only")
     quick.add_argument("--model-config", help="a UNet config.json for the recipe instead of its own network")
     for name, help_text in (("plot", "FID and bits/dim against training seconds, one line per run, as a PNG"),
+                            ("grids", "each point's samples, a row per run, as a PNG (run folders only)"),
                             ("table", "a markdown table of each run's last point")):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `run`")
-        if name == "plot":
+        sub.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `run` (or their run.json)")
+        if name != "table":
             sub.add_argument("--output", required=True, help="the PNG to write")
     commands.add_parser("list", help="the recipes")
     return parser
@@ -626,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table([str(run_dir)]))
         elif args.command == "plot":
             print(f"wrote {plot_runs(args.runs, args.output)}")
+        elif args.command == "grids":
+            print(f"wrote {grid_runs(args.runs, args.output)}")
         elif args.command == "table":
             print(table(args.runs))
         else:

@@ -194,6 +194,23 @@ def test_export_of_an_intermediate_checkpoint_loads_in_stock_diffusers(timed_run
     assert images.shape == (2, 28, 28, 1) and ((0 <= images) & (images <= 1)).all()
 
 
+def test_export_of_a_run_without_ema_writes_its_raw_weights(tiny_config, tmp_path, capsys):
+    """--no_use_ema: the checkpoint holds no EMA folder; export writes the trained weights, equal to the run's own
+    pipeline at its end, and says which weights they are."""
+    output_dir = tmp_path / "run"
+    run_train(train_args(tiny_config, output_dir, max_train_steps=2, checkpointing_steps=2, no_use_ema=True))
+    checkpoint = output_dir / "checkpoints" / "checkpoint-2"
+    assert not (checkpoint / "unet_ema").exists()
+    code, out, err = run_cli(["export", str(checkpoint), "--output", str(tmp_path / "exported"), "--no-samples"],
+                             capsys)
+    assert code == 0, err
+    assert "step 2, raw (the run had --no_use_ema) weights" in out
+    assert_same_weights(load_file(tmp_path / "exported" / UNET_WEIGHTS), final_weights(output_dir))
+    for name in PIPELINE_FILES:
+        assert json.loads((tmp_path / "exported" / name).read_text()) == \
+            json.loads((output_dir / "pipeline" / name).read_text()), name
+
+
 def test_export_refuses_what_is_no_checkpoint_and_an_existing_output_in_one_line(timed_run, tmp_path, capsys):
     output_dir, _, _ = timed_run
     checkpoint = str(output_dir / "checkpoints" / "checkpoint-4")
