@@ -15,15 +15,51 @@ pool3) against the bare TorchScript network on already-resized inputs, in images
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
+import sys
+from dataclasses import dataclass
 
 import torch
 
 import hf_ddpm
+from hf_ddpm.artifacts import default_device
 from hf_ddpm.metrics import InceptionV3Features, resize_bilinear_tf1
+from hf_ddpm.options import (DocstringHelpFormatter, OptionParser, check_device, debug_requested, option, output_file,
+                             run_guarded)
 from timing import interleaved
+
+PROG = "bench_likelihood.py"
+
+
+
+
+@dataclass
+class LikelihoodBenchConfig:
+    """What bench_likelihood.py measures: its flags, their defaults and checks."""
+
+    preset: str = option("small28", "the UNet to time (hf_ddpm.UNET_PRESETS), randomly initialized",
+                         choices=tuple(hf_ddpm.UNET_PRESETS))
+    num_images: int = option(4, "images B whose bits/dim are computed (random uint8 at the preset's size)",
+                             range="[1, inf)")
+    timesteps: int = option(100, "diffusion steps T of the scheduler: bits/dim takes B x T (image, t) pairs",
+                            range="[1, inf)")
+    model_batch_size: int = option(100, "(image, t) pairs per UNet call, for the pipeline and the bare UNet alike",
+                                   range="[1, inf)")
+    feature_batch_size: int = option(25, "28x28 images per Inception call in the feature-extraction part",
+                                     range="[1, inf)")
+    repeats: int = option(3, "timed rounds of every case, run interleaved after one warm-up round; medians are "
+                             "reported", range="[1, inf)")
+    threads: int | None = option(None, "torch CPU threads (default: torch's)", range="[1, inf)")
+    device: str | None = option(None, "cpu, cuda, cuda:N, mps ... (default: cuda when available, else cpu)",
+                                check=check_device)
+    skip_inception: bool = option(False, "time bits/dim only, not the Inception feature extraction",
+                                  free="a switch: on or off")
+    json: str | None = option(None, "also write the results to this JSON file", check=output_file)
+
+
+def build_parser() -> OptionParser:
+    return OptionParser(LikelihoodBenchConfig, prog=PROG, description=__doc__, formatter_class=DocstringHelpFormatter)
 
 
 def bench_likelihood(args, device) -> dict:
@@ -90,22 +126,10 @@ def bench_inception(args, device) -> dict:
             "images_per_second": {name: args.feature_batch_size / s for name, s in times.items()}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small28")
-    parser.add_argument("--num-images", type=int, default=4)
-    parser.add_argument("--timesteps", type=int, default=100)
-    parser.add_argument("--model-batch-size", type=int, default=100)
-    parser.add_argument("--feature-batch-size", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip-inception", action="store_true")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+def run(args: LikelihoodBenchConfig) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device(args.device or default_device())
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
@@ -129,5 +153,16 @@ def main() -> None:
             json.dump(results, file, indent=2)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse and check every option, then benchmark; bad input is one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def command() -> None:
+        (config,) = build_parser().parse_config(argv)
+        run(config)
+
+    return run_guarded(command, PROG, debug=debug_requested(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

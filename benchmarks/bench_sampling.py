@@ -20,16 +20,23 @@ medians with each case's peak GPU memory. The cases:
 
 from __future__ import annotations
 
-import argparse
 import copy
+import inspect
 import json
+import sys
+from dataclasses import dataclass
 
 import diffusers
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 import hf_ddpm
+from hf_ddpm.artifacts import default_device
+from hf_ddpm.options import (DocstringHelpFormatter, OptionParser, check_device, debug_requested, option, output_file,
+                             run_guarded)
 from timing import interleaved
+
+PROG = "bench_sampling.py"
 
 BARE, STOCK, PLAIN, FAST, FAST_CPU_GENERATOR = (
     "bare UNet x steps", "stock DDPMPipeline", "hf_ddpm plain loop", "hf_ddpm DDPMPipeline",
@@ -128,27 +135,53 @@ def scheduler_loops(x: torch.Tensor, steps: int) -> dict:
             "hf_ddpm scheduler loop": loop(hf_ddpm.DDPMScheduler())}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small28")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[8])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--compile", dest="compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
-                        help="also time the pipeline with the UNet compiled in this torch.compile mode")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+def default_timesteps(scheduler_class) -> int:
+    """T of a scheduler made with its defaults, as every case here makes them."""
+    return inspect.signature(scheduler_class.__init__).parameters["num_train_timesteps"].default
+
+
+# --steps respaces the T of both schedulers' defaults, so it can be at most the smaller T
+MAX_STEPS = min(default_timesteps(hf_ddpm.DDPMScheduler), default_timesteps(diffusers.DDPMScheduler))
+
+
+
+
+@dataclass
+class SamplingBenchConfig:
+    """What bench_sampling.py measures: its flags, their defaults and checks."""
+
+    preset: str = option("small28", "the UNet to sample with (hf_ddpm.UNET_PRESETS), randomly initialized",
+                         choices=tuple(hf_ddpm.UNET_PRESETS))
+    steps: int = option(50, f"sampling steps (UNet calls per image), respaced from the schedulers' T = {MAX_STEPS}",
+                        range=f"[1, {MAX_STEPS}]")
+    batch_size: list[int] = option(
+        default_factory=lambda: [8], help="images per pipeline call; several values (e.g. 1 16 256) are measured in "
+        "turn", range="[1, inf)")
+    repeats: int = option(5, "timed rounds of every case, run interleaved after one warm-up round; medians are "
+                             "reported", range="[1, inf)")
+    device: str | None = option(None, "cpu, cuda, cuda:N, mps ... (default: cuda when available, else cpu)",
+                                check=check_device)
+    dtype: str = option("float32", "dtype of the UNet's weights and inputs", choices=("float32", "float16", "bfloat16"))
+    compile: str | None = option(
+        None, "also time the pipeline with the UNet compiled in this torch.compile mode (default: not compiled)",
+        choices=("default", "reduce-overhead", "max-autotune"))
+    json: str | None = option(None, "also write the results to this JSON file", check=output_file)
+
+
+def build_parser() -> OptionParser:
+    return OptionParser(SamplingBenchConfig, prog=PROG, description=__doc__, formatter_class=DocstringHelpFormatter)
+
+
+def run(args: SamplingBenchConfig) -> None:
+    device, dtype = torch.device(args.device or default_device()), getattr(torch, args.dtype)
 
     torch.manual_seed(0)
     unet = hf_ddpm.DDPMUNet2DModel.from_preset(args.preset).to(device=device, dtype=dtype).eval()
-    compiled = compile_copy(unet, args.compile_mode) if args.compile_mode else None
+    compiled = compile_copy(unet, args.compile) if args.compile else None
     results = {"device": str(device), "dtype": args.dtype, "preset": args.preset, "steps": args.steps,
                "repeats": args.repeats, "torch": torch.__version__, "diffusers": diffusers.__version__, "batches": {}}
     for batch_size in args.batch_size:
-        result = measure(unet, batch_size, args.steps, args.repeats, compiled, args.compile_mode)
+        result = measure(unet, batch_size, args.steps, args.repeats, compiled, args.compile)
         size = unet.config.sample_size
         x = torch.randn(batch_size, unet.config.in_channels, size, size, device=device, dtype=dtype)
         loop_seconds, _ = interleaved(scheduler_loops(x, args.steps), args.repeats, device)
@@ -168,5 +201,16 @@ def main() -> None:
             json.dump(results, f, indent=2)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse and check every option, then benchmark; bad input is one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def command() -> None:
+        (config,) = build_parser().parse_config(argv)
+        run(config)
+
+    return run_guarded(command, PROG, debug=debug_requested(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

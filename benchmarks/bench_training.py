@@ -14,7 +14,6 @@ Run them on an otherwise idle machine: the numbers are throughput, not ratios me
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -36,8 +35,11 @@ from accelerate.state import AcceleratorState
 import hf_ddpm
 from diffusers_example_loop import DiffusersExampleLoop
 from hf_ddpm.data import ArrayImages, ImageDataset
+from hf_ddpm.options import (SWITCH, DocstringHelpFormatter, OptionParser, debug_requested, option, output_file,
+                             run_guarded)
 from timing import PeakMemory
 
+PROG = "bench_training.py"
 ROOT = Path(__file__).resolve().parents[1]
 # diffusers' Upsample2D asks is_torch_version (an lru_cache) in bf16; torch.compile warns that it traces through the
 # cache, which is harmless for a version check and nothing a reader of the benchmark can act on
@@ -246,21 +248,40 @@ def train_script_throughput(case: TrainingCase, images: np.ndarray) -> Throughpu
                       None if peak is None else peak / 2**20)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small28")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", dest="compile_mode", choices=["default", "reduce-overhead", "max-autotune"],
-                        help="torch.compile the UNet in this mode (all three loops)")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+
+
+@dataclass
+class TrainingBenchConfig:
+    """What bench_training.py measures: its flags; the defaults of a case's settings are TrainingCase's."""
+
+    preset: str = option("small28", "the UNet to train (hf_ddpm.UNET_PRESETS), randomly initialized",
+                         choices=tuple(hf_ddpm.UNET_PRESETS))
+    batch_size: int = option(32, "images per optimizer step, in all three loops", range="[1, inf)")
+    steps: int = option(TrainingCase.steps, "timed optimizer steps of each loop, after --warmup", range="[1, inf)")
+    warmup: int = option(
+        TrainingCase.warmup, "untimed optimizer steps first (compilation, allocator); also train.py's "
+        "--logging_steps, whose first interval is left out", range="[1, inf)")
+    mixed_precision: str = option(TrainingCase.mixed_precision, "Accelerate's mixed precision: no (fp32), fp16 or bf16",
+                                  choices=("no", "fp16", "bf16"))
+    channels_last: bool = option(
+        TrainingCase.channels_last, "channels-last memory format for the UNet and its inputs (all three loops)",
+        free=SWITCH)
+    compile: str | None = option(
+        TrainingCase.compile_mode, "torch.compile the UNet in this mode (all three loops; default: eager)",
+        choices=("default", "reduce-overhead", "max-autotune"))
+    gradient_checkpointing: bool = option(
+        TrainingCase.gradient_checkpointing, "recompute the UNet's activations in the backward pass instead of "
+        "keeping them (all three loops)", free=SWITCH)
+    json: str | None = option(None, "also write the results to this JSON file", check=output_file)
+
+
+def build_parser() -> OptionParser:
+    return OptionParser(TrainingBenchConfig, prog=PROG, description=__doc__, formatter_class=DocstringHelpFormatter)
+
+
+def run(args: TrainingBenchConfig) -> None:
     case = TrainingCase(hf_ddpm.DDPMUNet2DModel.preset_config(args.preset), args.batch_size, args.mixed_precision,
-                        args.channels_last, args.compile_mode, args.gradient_checkpointing, args.steps, args.warmup)
+                        args.channels_last, args.compile, args.gradient_checkpointing, args.steps, args.warmup)
     images = synthetic_images(4 * args.batch_size, case.model_config)
 
     results = {"preset": args.preset, **{k: v for k, v in dataclasses.asdict(case).items() if k != "model_config"},
@@ -281,5 +302,16 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Parse and check every option, then benchmark; bad input is one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def command() -> None:
+        (config,) = build_parser().parse_config(argv)
+        run(config)
+
+    return run_guarded(command, PROG, debug=debug_requested(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,7 +12,7 @@ against the Fashion-MNIST test split, bits/dim of the first test images), and dr
 Recipes (`RECIPES`, one table): the train.py ones are flags on top of a preset (`fashion_mnist_cpu`, the demo),
 optionally with changes to its UNet; `diffusers-example` is benchmarks/diffusers_example_loop.py, diffusers'
 train_unconditional.py with its defaults and its UNet pattern scaled to the demo's parameter count. Every run uses
-the same data (Debian's Fashion-MNIST training set), batch size (--batch-size, the demo's 64, unless a recipe sets
+the same data (Debian's Fashion-MNIST training set), batch size (--batch-size, the demo preset's, unless a recipe sets
 its own), evaluation and CPU, and trains until the budget: train.py recipes get --max_train_steps 1000000 unless
 they set it (the demo's 1000 steps would end it early; its constant LR does not depend on it).
 
@@ -138,6 +138,14 @@ RECIPES: dict[str, Recipe] = {
                                                                                "up_block_types": list(UP)}),
     "sweep-batch-32": Recipe("batch 32", ("--train_batch_size", "32")),
     "sweep-batch-128": Recipe("batch 128", ("--train_batch_size", "128")),
+    "sweep-bf16": Recipe("bf16 autocast (fp32 weights, EMA and diffusion tables)", ("--mixed_precision", "bf16")),
+    # combinations of the single changes that helped
+    "sweep-batch-32-lr-2e-3": Recipe("batch 32 and LR 2e-3", ("--train_batch_size", "32", "--learning_rate", "2e-3")),
+    "sweep-batch-32-lr-2e-3-bf16": Recipe("batch 32, LR 2e-3 and bf16 autocast",
+                                          ("--train_batch_size", "32", "--learning_rate", "2e-3",
+                                           "--mixed_precision", "bf16")),
+    "sweep-batch-32-lr-2e-3-no-dropout": Recipe("batch 32, LR 2e-3 and no dropout",
+                                                ("--train_batch_size", "32", "--learning_rate", "2e-3", "--dropout", "0")),
 }
 
 
@@ -609,6 +617,7 @@ positive_int, positive_float = positive(int), positive(float)
 
 def build_parser() -> argparse.ArgumentParser:
     from hf_ddpm.samplers import SAMPLER_NAMES
+    from training.config import load_preset
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -619,8 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=positive_float, default=150.0,
                      help="training seconds between evaluations (default: %(default)s)")
     run.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    run.add_argument("--batch-size", type=positive_int, default=64,
-                     help="images per step, unless the recipe sets its own (default: the demo's %(default)s)")
+    run.add_argument("--batch-size", type=positive_int, default=load_preset(RECIPES["demo"].preset)["train_batch_size"],
+                     help="images per step, unless the recipe sets its own (default: the demo preset's, %(default)s)")
     run.add_argument("--output", default="benchmarks/results/time_to_quality",
                      help="folder of the run folders NAME-seedS (default: %(default)s)")
     evaluation = run.add_argument_group("evaluation (the same for every run compared)")

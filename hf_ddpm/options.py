@@ -91,6 +91,11 @@ def run_guarded(main: Callable[[], int | None], prog: str, debug: bool = False) 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`... | head`): nothing to report. Point stdout at /dev/null so that
+        # the interpreter's own flush at exit does not fail again with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except BaseException as error:  # noqa: BLE001 - the policy: every failure is one line
         if isinstance(error, SystemExit):
             raise
@@ -146,6 +151,18 @@ class Range:
 
 
 # ------------------------------------------------------------------------------------------ declarations
+SWITCH = "a switch: on or off"  # free= of a boolean flag: both values are fine
+
+
+def output_file(value: str) -> None:
+    """A `check=` for a file an entry point writes at the end: refused up front if it could not be written then."""
+    folder = os.path.dirname(os.path.abspath(value))
+    if os.path.isdir(value):
+        raise ValueError("is a folder; pass a file path in it")
+    if not os.path.isdir(folder):
+        raise ValueError(f"its folder {folder} does not exist; create it or pass a path in an existing folder")
+
+
 def option(
     default: Any = MISSING,
     help: str = "",
@@ -305,6 +322,10 @@ class OneLineHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default is argparse.SUPPRESS or action.help is None:
             return action.help
         return super()._get_help_string(action)
+
+
+class DocstringHelpFormatter(argparse.RawDescriptionHelpFormatter, OneLineHelpFormatter):
+    """The description as written (a script's docstring, its example commands intact); options with defaults."""
 
 
 class OptionParser(HfArgumentParser):

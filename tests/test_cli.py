@@ -56,6 +56,18 @@ def test_a_usage_error_is_one_line_with_exit_status_2(tmp_path):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_a_reader_that_stops_early_gets_no_error_line():
+    """`hf-ddpm ... | head`: the closed pipe ends the command quietly (exit 1, as Python's own), not in a traceback."""
+    script = ("import sys; from hf_ddpm.options import run_guarded; "
+              "sys.exit(run_guarded(lambda: [print('row', i) for i in range(10**6)], 'prog'))")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "row 0\n"
+    process.stdout.close()
+    assert process.wait(timeout=300) == 1
+    assert process.stderr.read() == ""
+
+
 def test_a_runtime_failure_is_one_line_with_exit_status_1_and_debug_shows_the_traceback(
         tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
     import hf_ddpm.evaluation

@@ -11,7 +11,6 @@ and training/checkpoints.py, and also run before anything is written. Option nam
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import importlib.util
@@ -27,7 +26,7 @@ from diffusers.optimization import SchedulerType
 
 import hf_ddpm
 from hf_ddpm.gaussian_diffusion import LEARNED_VARIANCES, LOSS_TYPES, LOSS_WEIGHTINGS, PREDICTION_TYPES, VARIANCE_TYPES
-from hf_ddpm.options import OneLineHelpFormatter, OptionParser, UsageError, check_options, declared, flag, is_set, option
+from hf_ddpm.options import DocstringHelpFormatter, OptionParser, UsageError, check_options, declared, flag, is_set, option
 from hf_ddpm.schedules import SCHEDULES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -456,10 +455,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, OneLineHelpFormatter):
-    """The description as written (train.py's docstring); options with their defaults."""
-
-
 class TrainParser(OptionParser):
     """train.py's parser: an unknown flag is answered with diffusers' meaning (RENAMED) or the closest option."""
 
@@ -476,7 +471,7 @@ class TrainParser(OptionParser):
 
 def build_parser(description: str | None = None) -> TrainParser:
     parser = TrainParser(TrainConfig, prog=PROG, renamed=RENAMED, description=description,
-                          formatter_class=HelpFormatter)
+                          formatter_class=DocstringHelpFormatter)
     parser.add_argument("--config", metavar="PRESET", help="YAML preset: a name in training/configs/ ("
                         f"{', '.join(preset_names())}) or a file; its values replace the defaults, flags override "
                         "them")

@@ -14,10 +14,9 @@ import socket
 from dataclasses import dataclass
 
 from ..artifacts import check_pipeline_path
-from ..options import UsageError, check_device, option
+from ..options import SWITCH, UsageError, check_device, option
 from . import Command
 
-SWITCH = "a switch: on or off"
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                       r"[A-Za-z0-9])?)*$")
 

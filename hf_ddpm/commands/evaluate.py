@@ -17,7 +17,7 @@ from diffusers import DiffusionPipeline
 from ..artifacts import check_pipeline_path
 from ..metrics.features import DEFAULT_DINOV2_MODEL, DINOV2_RESOLUTION
 from ..metrics.reference import FASHION_MNIST, DatasetSpec
-from ..options import UsageError, check_device, flag, option
+from ..options import SWITCH, UsageError, check_device, flag, option
 from ..samplers import SAMPLER_NAMES, SAMPLERS
 from . import Command
 
@@ -76,7 +76,6 @@ def check_pipeline(pipeline) -> None:
         check_pipeline_path(os.fspath(pipeline))
 
 
-SWITCH = "a switch: on or off"
 SEED_RANGE = f"[0, {2**64})"  # what torch.Generator.manual_seed takes
 
 

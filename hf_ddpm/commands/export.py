@@ -11,10 +11,8 @@ from pathlib import Path
 
 from ..artifacts import MODEL_INDEX, default_device
 from ..final_pipeline import MARKER, SAMPLES_FILE, GridSettings, TrainingCheckpoint, write_pipeline
-from ..options import UsageError, check_device, option
+from ..options import SWITCH, UsageError, check_device, option
 from . import Command
-
-SWITCH = "a switch: on or off"
 
 
 def check_checkpoint(path: str) -> None:

@@ -6,10 +6,8 @@ import sys
 from dataclasses import dataclass
 
 from ..hub import check_pipeline_folder, check_repo_id, push_pipeline, resolve_token
-from ..options import UsageError, option
+from ..options import SWITCH, UsageError, option
 from . import Command
-
-SWITCH = "a switch: on or off"
 
 
 def _check_endpoint(url: str) -> None:

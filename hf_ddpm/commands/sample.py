@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import check_pipeline_path, default_device, load_pipeline
-from ..options import UsageError, check_device, flag, is_set, option
+from ..options import SWITCH, UsageError, check_device, flag, is_set, option
 from ..samplers import SAMPLER_NAMES, SAMPLERS, check_steps, default_steps, get_sampler, make_scheduler
 from . import Command
 
-SWITCH = "a switch: on or off"
 SETTINGS_FILE = "settings.json"  # in --output-dir
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest seed
 # torch.compile's modes; reduce-overhead (CUDA graphs) first: sampling repeats one UNet call of a fixed shape
