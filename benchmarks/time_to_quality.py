@@ -546,9 +546,10 @@ def plot_runs(paths: list[str], output: str, dpi: int = 120) -> str:
     return output
 
 
-def grid_runs(paths: list[str], output: str, dpi: int = 120) -> str:
-    """The evaluated samples of each run folder as a PNG: a row per run, a column per point, each the 8x8 grid of
-    the point's first FID samples, titled with its training seconds and FID."""
+def grid_runs(paths: list[str], output: str, last: bool = False, dpi: int = 120) -> str:
+    """The evaluated samples of each run folder as a PNG, each panel the 8x8 grid of a point's first FID samples
+    titled with its training seconds and FID: a row per run and a column per point, or with `last` each run's last
+    point only, four runs to a row."""
     import PIL.Image
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -565,21 +566,28 @@ def grid_runs(paths: list[str], output: str, dpi: int = 120) -> str:
         if not Path(path).is_dir() or missing:
             raise UsageError(f"{path} has no samples for {', '.join(missing) or 'its points'}", "RUN_DIRS",
                              "pass the run folders `run` wrote (a run.json alone holds no images)")
-    columns = max(len(record["points"]) for record in runs)
-    fig = Figure(figsize=(2.2 * columns + 1.4, 2.4 * len(runs)), dpi=dpi)
+    if last:
+        panels = [(path, record, record["points"][-1]) for path, record in zip(paths, runs)]
+        rows = [panels[start:start + 4] for start in range(0, len(panels), 4)]
+    else:
+        rows = [[(path, record, point) for point in record["points"]] for path, record in zip(paths, runs)]
+    columns = max(len(row) for row in rows)
+    fig = Figure(figsize=(2.2 * columns + (0 if last else 1.4), (2.6 if last else 2.4) * len(rows)), dpi=dpi)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(runs), columns, squeeze=False)
-    for row, (path, record) in enumerate(zip(paths, runs)):
-        axes[row][0].set_ylabel(run_label(record), fontsize=8)
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for row, panels in enumerate(rows):
+        if not last:
+            axes[row][0].set_ylabel(run_label(panels[0][1]), fontsize=8)
         for column, ax in enumerate(axes[row]):
             ax.set(xticks=[], yticks=[])
-            if column >= len(record["points"]):
+            if column >= len(panels):
                 ax.set_axis_off()
                 continue
-            point = record["points"][column]
+            path, record, point = panels[column]
             with PIL.Image.open(Path(path) / point["pipeline"] / SAMPLES_GRID_FILE) as image:
                 ax.imshow(image.convert("L"), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{point['train_seconds']:.0f} s, FID {point['fid']:.1f}", fontsize=8)
+            title = f"{point['train_seconds']:.0f} s, FID {point['fid']:.1f}"
+            ax.set_title(f"{record['recipe']}\n{title}" if last else title, fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=dpi)
@@ -657,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by `run` (or their run.json)")
         if name != "table":
             sub.add_argument("--output", required=True, help="the PNG to write")
+        if name == "grids":
+            sub.add_argument("--last", action="store_true",
+                             help="each run's last point only, four runs to a row (default: every point)")
     commands.add_parser("list", help="the recipes")
     return parser
 
@@ -680,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plot":
             print(f"wrote {plot_runs(args.runs, args.output)}")
         elif args.command == "grids":
-            print(f"wrote {grid_runs(args.runs, args.output)}")
+            print(f"wrote {grid_runs(args.runs, args.output, last=args.last)}")
         elif args.command == "table":
             print(table(args.runs))
         else:

@@ -153,6 +153,11 @@ def test_smoke_runs_plot_and_table(tiny_config, fake_inception, tmp_path, monkey
     assert ttq.main(["grids", *runs, "--output", str(samples_png)]) == 0
     with PIL.Image.open(samples_png) as image:
         assert image.size[0] > image.size[1] > 300  # a row per run, a column per point
+        every_point_height = image.size[1]
+    last_png = tmp_path / "last.png"
+    assert ttq.main(["grids", *runs, "--last", "--output", str(last_png)]) == 0
+    with PIL.Image.open(last_png) as image:  # one row: each run's last point
+        assert image.size[0] > image.size[1] and image.size[1] < every_point_height
     capsys.readouterr()
     assert ttq.main(["grids", str(output / "demo-seed0" / ttq.RUN_FILE), "--output", str(samples_png)]) == 2
     assert "a run.json alone holds no images" in capsys.readouterr().err
