@@ -25,8 +25,8 @@ import torch
 import hf_ddpm
 from hf_ddpm.artifacts import default_device
 from hf_ddpm.metrics import InceptionV3Features, resize_bilinear_tf1
-from hf_ddpm.options import (DocstringHelpFormatter, OptionParser, check_device, debug_requested, option, output_file,
-                             run_guarded)
+from hf_ddpm.options import (DocstringHelpFormatter, OptionParser, check_device, option, output_file,
+                             run_config)
 from timing import interleaved
 
 PROG = "bench_likelihood.py"
@@ -155,13 +155,7 @@ def run(args: LikelihoodBenchConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse and check every option, then benchmark; bad input is one line on stderr and exit status 2."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-
-    def command() -> None:
-        (config,) = build_parser().parse_config(argv)
-        run(config)
-
-    return run_guarded(command, PROG, debug=debug_requested(argv))
+    return run_config(build_parser, lambda config: run(config), PROG, argv)  # `run` looked up when called
 
 
 if __name__ == "__main__":

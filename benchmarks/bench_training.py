@@ -35,8 +35,8 @@ from accelerate.state import AcceleratorState
 import hf_ddpm
 from diffusers_example_loop import DiffusersExampleLoop
 from hf_ddpm.data import ArrayImages, ImageDataset
-from hf_ddpm.options import (SWITCH, DocstringHelpFormatter, OptionParser, debug_requested, option, output_file,
-                             run_guarded)
+from hf_ddpm.options import (SWITCH, DocstringHelpFormatter, OptionParser, option, output_file,
+                             run_config)
 from timing import PeakMemory
 
 PROG = "bench_training.py"
@@ -304,13 +304,7 @@ def run(args: TrainingBenchConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse and check every option, then benchmark; bad input is one line on stderr and exit status 2."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-
-    def command() -> None:
-        (config,) = build_parser().parse_config(argv)
-        run(config)
-
-    return run_guarded(command, PROG, debug=debug_requested(argv))
+    return run_config(build_parser, lambda config: run(config), PROG, argv)  # `run` looked up when called
 
 
 if __name__ == "__main__":

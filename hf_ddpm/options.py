@@ -107,6 +107,19 @@ def run_guarded(main: Callable[[], int | None], prog: str, debug: bool = False) 
         return code
 
 
+def run_config(build_parser: Callable[[], "OptionParser"], run: Callable[[Any], None], prog: str,
+               argv: Sequence[str] | None = None) -> int:
+    """An entry point whose options are one declared config: parse and check every option, then `run(config)`,
+    all under run_guarded (bad input is one line and exit status 2 before any work)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def command() -> None:
+        (config,) = build_parser().parse_config(argv)
+        run(config)
+
+    return run_guarded(command, prog, debug=debug_requested(argv))
+
+
 # ------------------------------------------------------------------------------------------------ ranges
 _RANGE_RE = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^\s\])]+)\s*([\])])\s*$")
 

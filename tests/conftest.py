@@ -158,3 +158,26 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+DECISIONS = ("choices", "range", "check", "free")  # how an option field may say it is checked
+
+
+def assert_declared_options(prog: str, parser) -> None:
+    """Each flag of `parser` shows help; each field of its options dataclasses says how it is checked: `choices`,
+    `range`, a `check` callable, or `free="why any value is fine / where it is checked"`."""
+    import argparse
+
+    from hf_ddpm.options import declared
+
+    undocumented = [action.option_strings or [action.dest] for action in parser._actions
+                    if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
+    assert not undocumented, f"{prog}: options without help: {undocumented}"
+    for config_class in parser.dataclass_types:
+        for field in declared(config_class):
+            meta = field.metadata
+            assert (meta.get("help") or "").strip(), f"{prog}: {field.name} has no help text"
+            decided = [key for key in DECISIONS if meta.get(key) is not None]
+            assert decided, f"{prog}: {field.name} has no validator decision (one of {DECISIONS})"
+            if meta.get("free") is not None:
+                assert meta["free"].strip(), f"{prog}: {field.name}: free= must say why or where"

@@ -4,7 +4,6 @@ settings they always meant, and bad input is one line with exit status 2 before 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import os
@@ -13,13 +12,12 @@ import sys
 
 import pytest
 
-from conftest import ROOT, offline_env
+from conftest import ROOT, assert_declared_options, offline_env
 from hf_ddpm.options import declared, walk_parsers
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their neighbours (timing, diffusers_example_loop)
 
 SCRIPTS = ("bench_likelihood", "bench_sampling", "bench_training")
-DECISIONS = ("choices", "range", "check", "free")
 
 
 def script(name: str):
@@ -46,18 +44,8 @@ def test_every_option_has_help_and_a_validator_decision(name):
     parsers = list(walk_parsers(script(name).build_parser()))
     assert parsers
     for prog, parser in parsers:
-        undocumented = [action.option_strings or [action.dest] for action in parser._actions
-                        if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
-        assert not undocumented, f"{prog}: options without help: {undocumented}"
         assert parser.dataclass_types, f"{prog}: its options are not declared as a dataclass"
-        for config_class in parser.dataclass_types:
-            for field in declared(config_class):
-                meta = field.metadata
-                assert (meta.get("help") or "").strip(), f"{prog}: {field.name} has no help text"
-                decided = [key for key in DECISIONS if meta.get(key) is not None]
-                assert decided, f"{prog}: {field.name} has no validator decision (one of {DECISIONS})"
-                if meta.get("free") is not None:
-                    assert meta["free"].strip(), f"{prog}: {field.name}: free= must say why or where"
+        assert_declared_options(prog, parser)
 
 
 LIKELIHOOD_DEFAULTS = dict(preset="small28", num_images=4, timesteps=100, model_batch_size=100, feature_batch_size=25,

@@ -3,18 +3,15 @@ validator decision, and the one error policy (one line; exit 2 for usage errors,
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import offline_env
+from conftest import assert_declared_options, offline_env
 from hf_ddpm import cli
-from hf_ddpm.options import OptionParser, declared, walk_parsers
-
-DECISIONS = ("choices", "range", "check", "free")
+from hf_ddpm.options import OptionParser, walk_parsers
 
 
 def commands() -> list[tuple[str, OptionParser]]:
@@ -31,19 +28,7 @@ def test_every_registered_command_is_walked():
 
 @pytest.mark.parametrize("name, parser", commands(), ids=[name for name, _ in commands()])
 def test_every_option_has_help_and_a_validator_decision(name, parser):
-    """Each flag shows help; each field of the command's options dataclass says how it is checked: `choices`,
-    `range`, a `check` callable, or `free="why any value is fine / where it is checked"`."""
-    undocumented = [action.option_strings or [action.dest] for action in parser._actions
-                    if not isinstance(action, argparse._SubParsersAction) and not (action.help or "").strip()]
-    assert not undocumented, f"hf-ddpm {name}: options without help: {undocumented}"
-    for config_class in parser.dataclass_types:
-        for field in declared(config_class):
-            meta = field.metadata
-            assert (meta.get("help") or "").strip(), f"hf-ddpm {name}: {field.name} has no help text"
-            decided = [key for key in DECISIONS if meta.get(key) is not None]
-            assert decided, f"hf-ddpm {name}: {field.name} has no validator decision (one of {DECISIONS})"
-            if meta.get("free") is not None:
-                assert meta["free"].strip(), f"hf-ddpm {name}: {field.name}: free= must say why or where"
+    assert_declared_options(f"hf-ddpm {name}", parser)
 
 
 def test_a_usage_error_is_one_line_with_exit_status_2(tmp_path):
