@@ -9,12 +9,13 @@ against the Fashion-MNIST test split, bits/dim of the first test images), and dr
     python benchmarks/time_to_quality.py table benchmarks/results/time_to_quality/*/
     python benchmarks/time_to_quality.py list                  # the recipes
 
-Recipes (`RECIPES`, one table): the train.py ones are flags on top of a preset (`fashion_mnist_cpu`, the demo),
-optionally with changes to its UNet; `diffusers-example` is benchmarks/diffusers_example_loop.py, diffusers'
-train_unconditional.py with its defaults and its UNet pattern scaled to the demo's parameter count. Every run uses
-the same data (Debian's Fashion-MNIST training set), batch size (--batch-size, the demo preset's, unless a recipe sets
-its own), evaluation and CPU, and trains until the budget: train.py recipes get --max_train_steps 1000000 unless
-they set it (the demo's 1000 steps would end it early; its constant LR does not depend on it).
+Recipes (`RECIPES`, one table): the train.py ones are flags on top of a preset (`fashion_mnist_cpu`, the first
+demo, or `fast_cpu`, the main job's), optionally with changes to its UNet; `diffusers-example` is
+benchmarks/diffusers_example_loop.py, diffusers' train_unconditional.py with its defaults and its UNet pattern scaled
+to the demo's parameter count. Every run uses the same data (Debian's Fashion-MNIST training set), batch size
+(--batch-size, else the recipe preset's, unless the recipe's flags set their own), evaluation and CPU, and trains
+until the budget: train.py recipes get --max_train_steps 1000000 unless they set it (a preset's own steps would end
+it early; the presets' constant LR does not depend on it).
 
 The clock: the x-axis is training seconds as the trainer counts them, the sum of its steps' wall times (data,
 forward, backward, optimizer, EMA) from the first step; start-up, checkpoints and evaluation are off the clock.
@@ -120,6 +121,9 @@ RECIPES: dict[str, Recipe] = {
                                      ("--prediction_type", "sample", "--loss_type", "kl", "--learned_variance")),
     "ablation-hybrid": Recipe("eps, L_simple + 0.001 L_vlb, learned Sigma (Improved DDPM)",
                               ("--loss_type", "hybrid", "--learned_variance")),
+    # the sweep's result: the main job's preset
+    "fast-cpu": Recipe("training/train.py --config fast_cpu: the main job's preset, the demo at batch 32 and LR 2e-3",
+                       preset="fast_cpu"),
     # the sweep for a faster default preset: one change of the demo each
     "sweep-lr-5e-4": Recipe("LR 5e-4", ("--learning_rate", "5e-4")),
     "sweep-lr-2e-3": Recipe("LR 2e-3", ("--learning_rate", "2e-3")),
@@ -411,6 +415,14 @@ def write_record(run_dir: Path, record: dict) -> None:
     os.replace(partial, run_dir / RUN_FILE)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux reports it in /proc/cpuinfo only; platform.processor() is often empty there)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def start_record(run_dir: Path, settings: RunSettings, command: str) -> dict:
     """The run's record: the stored one (same settings but the budget, else a UsageError), or a new one."""
     from hf_ddpm.options import UsageError
@@ -419,7 +431,7 @@ def start_record(run_dir: Path, settings: RunSettings, command: str) -> dict:
     if not path.is_file():
         return {"recipe": settings.recipe, "description": RECIPES[settings.recipe].description,
                 "settings": settings.record(), "commands": [command],
-                "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(),
                             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                             "python": platform.python_version()},
                 "finished": False, "segments": [], "points": []}
@@ -636,8 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=positive_float, default=150.0,
                      help="training seconds between evaluations (default: %(default)s)")
     run.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
-    run.add_argument("--batch-size", type=positive_int, default=load_preset(RECIPES["demo"].preset)["train_batch_size"],
-                     help="images per step, unless the recipe sets its own (default: the demo preset's, %(default)s)")
+    run.add_argument("--batch-size", type=positive_int,
+                     help="images per step, unless the recipe's flags set their own (default: the train_batch_size of "
+                          "the recipe's preset; the example loop's is the demo's, "
+                          f"{load_preset(RECIPES['diffusers-example'].preset)['train_batch_size']})")
     run.add_argument("--output", default="benchmarks/results/time_to_quality",
                      help="folder of the run folders NAME-seedS (default: %(default)s)")
     evaluation = run.add_argument_group("evaluation (the same for every run compared)")
@@ -672,6 +686,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_settings(args: argparse.Namespace) -> RunSettings:
+    """The settings of `run`; the batch size, unless given, is the recipe preset's."""
+    from training.config import load_preset
+
+    evaluation = EvalSettings(args.num_samples, args.sampler, args.steps, args.bpd_num_images,
+                              args.max_reference_images, args.eval_seed, args.inception_weights)
+    batch_size = args.batch_size or load_preset(RECIPES[args.recipe].preset)["train_batch_size"]
+    return RunSettings(args.recipe, args.seed, args.budget, args.eval_every, batch_size, evaluation,
+                       args.max_train_samples, args.model_config and str(Path(args.model_config).resolve()))
+
+
 def main(argv: list[str] | None = None) -> int:
     from hf_ddpm.options import debug_requested, run_guarded
 
@@ -680,11 +705,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def command() -> None:
         if args.command == "run":
-            evaluation = EvalSettings(args.num_samples, args.sampler, args.steps, args.bpd_num_images,
-                                      args.max_reference_images, args.eval_seed, args.inception_weights)
-            settings = RunSettings(args.recipe, args.seed, args.budget, args.eval_every, args.batch_size, evaluation,
-                                   args.max_train_samples,
-                                   args.model_config and str(Path(args.model_config).resolve()))
+            settings = run_settings(args)
             command_line = shlex.join(["python", "benchmarks/time_to_quality.py", *argv])
             run_dir = run_recipe(settings, Path(args.output), command_line)
             print(table([str(run_dir)]))

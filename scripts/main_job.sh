@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job, end to end on a CPU: train the Fashion-MNIST demo (training/configs/fashion_mnist_cpu.yaml),
+# The main job, end to end on a CPU: train the Fashion-MNIST demo (training/configs/fast_cpu.yaml),
 # sample, evaluate (bits/dim, FID/KID against the test split), draw the figures, and write the
 # safetensors pipeline with its model card to $OUT/pipeline. Re-running continues an interrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-outputs/fashion-mnist-cpu}
+OUT=${OUT:-outputs/fast-cpu}
 
 bash scripts/setup.sh
 # Every launcher setting is passed, so accelerate prints no "values were not passed" warning; the thread count is
@@ -12,7 +12,7 @@ bash scripts/setup.sh
 THREADS=${OMP_NUM_THREADS:-$(python -c "import psutil; print(psutil.cpu_count(logical=False) or 1)")}
 accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   --num_cpu_threads_per_process "$THREADS" \
-  training/train.py --config fashion_mnist_cpu --output_dir "$OUT" --resume_from_checkpoint latest "$@"
+  training/train.py --config fast_cpu --output_dir "$OUT" --resume_from_checkpoint latest "$@"
 # Small, CPU-sized evaluation: the numbers are for this demo, not comparable with the paper's 50k-sample FID.
 hf-ddpm evaluate "$OUT/pipeline" --dataset fashion_mnist --split test --num-samples 200 \
   --num-inference-steps 250 --bpd-num-images 16 --max-reference-images 500

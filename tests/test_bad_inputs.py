@@ -444,7 +444,7 @@ BAD_INPUTS = [
               ["yaml_bool_steps.yaml: True is not a int (--max_train_steps)"], drop=("max_train_steps",)),
     train_row("train-config-is-a-folder", ["--config", "{case}"], ["{case} is a folder, not a YAML file (--config)"]),
     train_row("train-unknown-config-preset", ["--config", "cifar100_paper"],
-              ["'cifar100_paper' is neither a file nor a preset (--config)"], ["cifar10_paper, fashion_mnist_cpu"]),
+              ["'cifar100_paper' is neither a file nor a preset (--config)"], ["cifar10_paper, fashion_mnist_cpu, fast_cpu"]),
     train_row("train-unknown-flag", ["--learning_rte", "1e-4"], ["unrecognized argument '--learning_rte'"],
               ["did you mean --learning_rate?", "see `train.py --help`"], argparse=True),
     train_row("train-flag-of-wrong-type", ["--learning_rate", "fast"],

@@ -20,6 +20,7 @@ import diffusers_example_loop as example  # noqa: E402
 import time_to_quality as ttq  # noqa: E402
 
 from hf_ddpm import DDPMUNet2DModel  # noqa: E402
+from training.config import load_preset  # noqa: E402
 from training.inputs import build_unet_config  # noqa: E402
 
 DEMO = "demo"
@@ -35,25 +36,42 @@ def named_options(flags: tuple[str, ...]) -> set[str]:
     return {arg[2:].removeprefix("no_") for arg in flags if arg.startswith("--")}
 
 
+def default_settings(recipe: str) -> ttq.RunSettings:
+    """What `time_to_quality.py run RECIPE` runs with no other option."""
+    return ttq.run_settings(ttq.build_parser().parse_args(["run", recipe]))
+
+
 def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
-    """Parsed and validated by training/config.py (no training), each recipe's options differ from the demo's run
-    exactly in the options its flags name (and, for UNet changes, the network: built here from its config)."""
-    demo = ttq.TrainScriptRunner(DEMO, tmp_path, settings(DEMO)).config.recorded()
+    """Parsed and validated by training/config.py (no training), each recipe's default run differs from the demo's
+    exactly in the options its flags name and those its own preset sets otherwise (less the ones every run sets: its
+    steps, output and image grids), and, for UNet changes, in the network: built here from its config."""
+    demo_preset = load_preset(ttq.RECIPES[DEMO].preset)
+    demo = ttq.TrainScriptRunner(DEMO, tmp_path, default_settings(DEMO)).config.recorded()
     assert demo["max_train_steps"] == ttq.UNBOUNDED_STEPS and demo["train_batch_size"] == 64
     for name, recipe in ttq.RECIPES.items():
         if recipe.flags is None or name == DEMO:
             continue
         run_dir = tmp_path / name
         run_dir.mkdir()
-        config = ttq.TrainScriptRunner(name, run_dir, settings(name)).config
+        config = ttq.TrainScriptRunner(name, run_dir, default_settings(name)).config
         changed = {key for key, value in config.recorded().items() if value != demo[key]} - {"output_dir"}
-        expected = named_options(recipe.flags)
+        own_preset = load_preset(recipe.preset)
+        expected = named_options(recipe.flags) | (
+            {key for key in own_preset.keys() | demo_preset.keys() if own_preset.get(key) != demo_preset.get(key)}
+            - {"max_train_steps", "output_dir", "save_images_steps"})
         if recipe.unet:
             expected |= {"model_preset", "model_config_name_or_path"}
             unet_config = build_unet_config(config)
             assert {k: unet_config[k] for k in recipe.unet} == recipe.unet, name
             DDPMUNet2DModel.from_config(unet_config)  # the changed network builds
         assert changed == expected, name
+
+
+@pytest.mark.parametrize("argv, batch_size", [(["fast-cpu"], 32), (["demo"], 64), (["diffusers-example"], 64),
+                                              (["fast-cpu", "--batch-size", "16"], 16)])
+def test_a_run_trains_at_its_preset_batch_size_unless_told(argv, batch_size):
+    """fast_cpu's 32 is its run's batch without --batch-size (a run of the preset as the main job trains it)."""
+    assert ttq.run_settings(ttq.build_parser().parse_args(["run", *argv])).batch_size == batch_size
 
 
 def test_example_unet_matches_the_demo_parameter_count():

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from support.train_server import ROOT, TRAIN, assert_same_weights, final_weights
 from hf_ddpm import LossSecondMomentSampler
 from hf_ddpm.options import UsageError, declared
 from training.checkpoints import MARKER, SAMPLER_FILE, Checkpointer
-from training.config import RENAMED, TrainConfig, build_parser, parse_config
+from training.config import CONFIG_DIR, RENAMED, TrainConfig, build_parser, load_preset, parse_config
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,16 @@ def test_checkpoint_limit_and_partial_checkpoints(tiny_config, tmp_path):
     run_train(train_args(tiny_config, tmp_path, checkpoints_total_limit=2, resume_from_checkpoint="latest"))
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["checkpoint-12", "checkpoint-8"]
+
+
+def test_fast_cpu_is_the_demo_changed_where_its_header_says():
+    """fast_cpu.yaml is marked as a copy of fashion_mnist_cpu.yaml except the options its header names: exactly
+    those differ (so the sweep's base and the main job's preset cannot drift apart unnoticed)."""
+    fast, demo = load_preset("fast_cpu"), load_preset("fashion_mnist_cpu")
+    header = " ".join(line for line in (CONFIG_DIR / "fast_cpu.yaml").read_text().splitlines() if line.startswith("#"))
+    named = set(re.findall(r"\w+", header.split("except", 1)[1].split(":", 1)[0])) - {"and"}
+    assert {key for key in fast.keys() | demo.keys() if fast.get(key) != demo.get(key)} == named
+    assert (fast["train_batch_size"], fast["learning_rate"]) == (32, 2e-3)
 
 
 def test_config_presets_and_errors(tiny_config, tmp_path):

@@ -1,6 +1,6 @@
 """Train a DDPM (Ho, Jain & Abbeel 2020) with Accelerate, on one CPU or many GPUs.
 
-    accelerate launch training/train.py --config fashion_mnist_cpu          # the CPU demo (minutes, 2 cores)
+    accelerate launch training/train.py --config fast_cpu                   # the CPU demo (minutes, 2 cores)
     accelerate launch --multi_gpu training/train.py --config cifar10_paper --dataset_name cifar10
 
 Options (training/config.py) keep the names of diffusers' `examples/unconditional_image_generation/
