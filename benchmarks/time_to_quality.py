@@ -124,6 +124,8 @@ RECIPES: dict[str, Recipe] = {
     # the sweep's result: the main job's preset
     "fast-cpu": Recipe("training/train.py --config fast_cpu: the main job's preset, the demo at batch 32 and LR 2e-3",
                        preset="fast_cpu"),
+    "fast-cpu-bf16": Recipe("fast_cpu with bf16 autocast (for CPUs with bf16 units: AVX512-BF16 or AMX)",
+                            ("--mixed_precision", "bf16"), preset="fast_cpu"),
     # the sweep for a faster default preset: one change of the demo each
     "sweep-lr-5e-4": Recipe("LR 5e-4", ("--learning_rate", "5e-4")),
     "sweep-lr-2e-3": Recipe("LR 2e-3", ("--learning_rate", "2e-3")),
