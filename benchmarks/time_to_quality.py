@@ -126,6 +126,9 @@ RECIPES: dict[str, Recipe] = {
                        preset="fast_cpu"),
     "fast-cpu-bf16": Recipe("fast_cpu with bf16 autocast (for CPUs with bf16 units: AVX512-BF16 or AMX)",
                             ("--mixed_precision", "bf16"), preset="fast_cpu"),
+    "fast-cpu-cosine-2650": Recipe("fast_cpu with its LR decayed to 0 by a cosine over 2650 steps (600 s on the "
+                                   "2-core AMD EPYC of benchmarks/records/fast-cpu-comparison/)",
+                                   ("--lr_scheduler", "cosine", "--max_train_steps", "2650"), preset="fast_cpu"),
     # the sweep for a faster default preset: one change of the demo each
     "sweep-lr-5e-4": Recipe("LR 5e-4", ("--learning_rate", "5e-4")),
     "sweep-lr-2e-3": Recipe("LR 2e-3", ("--learning_rate", "2e-3")),
