@@ -96,6 +96,18 @@ def test_killing_the_launcher_stops_train_py_with_a_checkpoint(tiny_config, tmp_
         resume_for_two_steps(args, tmp_path, step)
 
 
+def test_a_launcher_is_gone_once_the_parent_changes_and_waited_for_until_then(monkeypatch):
+    """The launcher's SIGTERM can come before its process has gone: launcher_gone waits for the parent to change."""
+    from training import stopping
+
+    monkeypatch.setattr(stopping, "PARENT_PID", os.getppid() + 1)  # the parent train.py started under has exited
+    assert stopping.launcher_gone(wait=0.0)
+    monkeypatch.setattr(stopping, "PARENT_PID", os.getppid())  # still the same parent: waits, then says alive
+    start = time.monotonic()
+    assert not stopping.launcher_gone(wait=0.2)
+    assert time.monotonic() - start >= 0.2
+
+
 # ----------------------------------------------------------------------------------------- a signal to train.py
 def test_sigusr1_to_train_py_stops_it_resumably_with_status_75(tiny_config, tmp_path):
     """SLURM's `--signal=USR1@SECONDS` (SIGTERM and SIGINT: tests/test_train.py); the resume command keeps the

@@ -44,6 +44,18 @@ def watch_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def launcher_gone(wait: float = 2.0) -> bool:
+    """Whether this process's launcher has exited, waiting up to `wait` seconds for it. watch_launcher's SIGTERM
+    comes when the launcher's thread exits, which can be well before the whole launcher has (os.getppid() changes
+    only then); a SIGTERM that a live launcher forwards costs the wait, short beside a scheduler's grace period."""
+    deadline = time.monotonic() + wait
+    while os.getppid() == PARENT_PID:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class StopSignal:
     """Stops the loop resumably on SIGTERM, SIGINT or SIGUSR1, on the launcher's exit (the SIGTERM of
     watch_launcher) or after --max_train_time: the current step finishes, the loop checkpoints and exits with
@@ -71,9 +83,7 @@ class StopSignal:
         """Why to stop at this step, the same on every process: with several, any process's reason (a collective)."""
         if self.reason is None and self._out_of_time():
             self.reason = "--max_train_time"
-        # watch_launcher's SIGTERM, told apart once the launcher is gone: the kernel sends it when the launcher's
-        # thread exits, which can be before the whole launcher has (os.getppid() would not have changed yet)
-        if self.reason == "SIGTERM" and launcher() is not None and os.getppid() != PARENT_PID:
+        if self.reason == "SIGTERM" and launcher() is not None and launcher_gone():
             self.reason = "the launcher exited"
         if accelerator.num_processes == 1:
             return self.reason
