@@ -36,9 +36,9 @@ def named_options(flags: tuple[str, ...]) -> set[str]:
     return {arg[2:].removeprefix("no_") for arg in flags if arg.startswith("--")}
 
 
-def default_settings(recipe: str) -> ttq.RunSettings:
-    """What `time_to_quality.py run RECIPE` runs with no other option."""
-    return ttq.run_settings(ttq.build_parser().parse_args(["run", recipe]))
+def default_settings(recipe: str, *options: str) -> ttq.RunSettings:
+    """What `time_to_quality.py run RECIPE OPTIONS` runs (with no options: the recipe's defaults)."""
+    return ttq.run_settings(ttq.build_parser().parse_args(["run", recipe, *options]))
 
 
 def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
@@ -71,7 +71,7 @@ def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
                                               (["fast-cpu", "--batch-size", "16"], 16)])
 def test_a_run_trains_at_its_preset_batch_size_unless_told(argv, batch_size):
     """fast_cpu's 32 is its run's batch without --batch-size (a run of the preset as the main job trains it)."""
-    assert ttq.run_settings(ttq.build_parser().parse_args(["run", *argv])).batch_size == batch_size
+    assert default_settings(*argv).batch_size == batch_size
 
 
 def test_example_unet_matches_the_demo_parameter_count():
