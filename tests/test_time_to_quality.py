@@ -44,7 +44,8 @@ def default_settings(recipe: str, *options: str) -> ttq.RunSettings:
 def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
     """Parsed and validated by training/config.py (no training), each recipe's default run differs from the demo's
     exactly in the options its flags name and those its own preset sets otherwise (less the ones every run sets: its
-    steps, output and image grids), and, for UNet changes, in the network: built here from its config."""
+    output, image grids and, with a constant LR, its steps), and, for UNet changes, in the network: built here from
+    its config. A recipe whose LR decays keeps its own steps, so that its schedule ends where it says."""
     demo_preset = load_preset(ttq.RECIPES[DEMO].preset)
     demo = ttq.TrainScriptRunner(DEMO, tmp_path, default_settings(DEMO)).config.recorded()
     assert demo["max_train_steps"] == ttq.UNBOUNDED_STEPS and demo["train_batch_size"] == 64
@@ -56,9 +57,11 @@ def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
         config = ttq.TrainScriptRunner(name, run_dir, default_settings(name)).config
         changed = {key for key, value in config.recorded().items() if value != demo[key]} - {"output_dir"}
         own_preset = load_preset(recipe.preset)
+        decays = config.lr_scheduler not in ttq.STEP_FREE_SCHEDULES
+        assert (config.max_train_steps < ttq.UNBOUNDED_STEPS) == decays, name
         expected = named_options(recipe.flags) | (
             {key for key in own_preset.keys() | demo_preset.keys() if own_preset.get(key) != demo_preset.get(key)}
-            - {"max_train_steps", "output_dir", "save_images_steps"})
+            - {"output_dir", "save_images_steps"} - (set() if decays else {"max_train_steps"}))
         if recipe.unet:
             expected |= {"model_preset", "model_config_name_or_path"}
             unet_config = build_unet_config(config)
@@ -68,10 +71,15 @@ def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
 
 
 @pytest.mark.parametrize("argv, batch_size", [(["fast-cpu"], 32), (["demo"], 64), (["diffusers-example"], 64),
-                                              (["fast-cpu", "--batch-size", "16"], 16)])
-def test_a_run_trains_at_its_preset_batch_size_unless_told(argv, batch_size):
-    """fast_cpu's 32 is its run's batch without --batch-size (a run of the preset as the main job trains it)."""
-    assert default_settings(*argv).batch_size == batch_size
+                                              (["sweep-batch-32"], 32), (["fast-cpu", "--batch-size", "16"], 16),
+                                              (["sweep-batch-32", "--batch-size", "16"], 16)])
+def test_a_run_trains_at_its_recipe_batch_size_unless_told(argv, batch_size, tmp_path):
+    """Without --batch-size a run trains at its recipe's own batch (fast_cpu's 32 as the main job trains it; a
+    sweep's flag); with it, at the one given, which is what train.py then trains at and the record states."""
+    settings = default_settings(*argv)
+    assert settings.batch_size == batch_size
+    if ttq.RECIPES[argv[0]].flags is not None:
+        assert ttq.TrainScriptRunner(argv[0], tmp_path, settings).config.train_batch_size == batch_size
 
 
 def test_example_unet_matches_the_demo_parameter_count():
