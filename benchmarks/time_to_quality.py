@@ -130,18 +130,33 @@ RECIPES: dict[str, Recipe] = {
     "fast-cpu": Recipe("training/train.py --config fast_cpu: the main job's preset, the demo at batch 32 and LR 2e-3 "
                        "decayed to 0 by a cosine over its steps, without dropout", preset="fast_cpu"),
     "fast-cpu-bf16": Recipe("the first fast_cpu with bf16 autocast (for CPUs with bf16 units: AVX512-BF16 or AMX); "
-                            "the training of sweep-batch-32-lr-2e-3-bf16", (*FIRST_FAST_CPU, "--mixed_precision", "bf16")),
-    "fast-cpu-cosine-2650": Recipe("the first fast_cpu with its LR decayed to 0 by a cosine over 2650 steps (600 s on the "
-                                   "2-core AMD EPYC of benchmarks/records/fast-cpu-comparison/)",
+                            "the training of sweep-batch-32-lr-2e-3-bf16",
+                            (*FIRST_FAST_CPU, "--mixed_precision", "bf16")),
+    "fast-cpu-cosine-2650": Recipe("the first fast_cpu with its LR decayed to 0 by a cosine over 2650 steps (600 s "
+                                   "on the 2-core AMD EPYC of benchmarks/records/fast-cpu-comparison/)",
                                    (*FIRST_FAST_CPU, "--lr_scheduler", "cosine", "--max_train_steps", "2650")),
     # one change of the first fast_cpu each, toward a default clearly ahead of the demo
     "fast-cpu-no-dropout": Recipe("the first fast_cpu without dropout", (*FIRST_FAST_CPU, "--dropout", "0")),
     "fast-cpu-cosine-betas": Recipe("the first fast_cpu with the cosine noise schedule (Improved DDPM's; "
-                                    "squaredcos_cap_v2)", (*FIRST_FAST_CPU, "--ddpm_beta_schedule", "squaredcos_cap_v2")),
+                                    "squaredcos_cap_v2)",
+                                    (*FIRST_FAST_CPU, "--ddpm_beta_schedule", "squaredcos_cap_v2")),
     "fast-cpu-no-dropout-cosine-3050": Recipe("the first fast_cpu without dropout, its LR decayed to 0 by a cosine "
                                               "over 3050 steps (600 s on the 2-core AMD EPYC)",
                                               (*FIRST_FAST_CPU, "--dropout", "0", "--lr_scheduler", "cosine",
                                                "--max_train_steps", "3050")),
+    # the settings the sweeps above left unmeasured, one change of the chosen fast_cpu each
+    "fast-cpu-warmup-0": Recipe("fast_cpu without LR warm-up", ("--lr_warmup_steps", "0"), preset="fast_cpu"),
+    "fast-cpu-warmup-500": Recipe("fast_cpu with 500 LR warm-up steps", ("--lr_warmup_steps", "500"),
+                                  preset="fast_cpu"),
+    "fast-cpu-ema-0.99": Recipe("fast_cpu with its EMA decay capped at 0.99", ("--ema_max_decay", "0.99"),
+                                preset="fast_cpu"),
+    "fast-cpu-no-ema-warmup": Recipe("fast_cpu with EMA 0.999 from the start (no warm-up)", ("--no_ema_warmup",),
+                                     preset="fast_cpu"),
+    "fast-cpu-v-prediction": Recipe("fast_cpu predicting v", ("--prediction_type", "v_prediction"), preset="fast_cpu"),
+    "fast-cpu-width-24": Recipe("fast_cpu at widths 24/48/48", preset="fast_cpu",
+                                unet={"block_out_channels": [24, 48, 48], "norm_num_groups": 8}),
+    "fast-cpu-width-48": Recipe("fast_cpu at widths 48/96/96", preset="fast_cpu",
+                                unet={"block_out_channels": [48, 96, 96]}),
     # the sweep for a faster default preset: one change of the demo each
     "sweep-lr-5e-4": Recipe("LR 5e-4", ("--learning_rate", "5e-4")),
     "sweep-lr-2e-3": Recipe("LR 2e-3", ("--learning_rate", "2e-3")),
