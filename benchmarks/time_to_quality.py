@@ -228,11 +228,18 @@ class TrainState:
 
 
 # ------------------------------------------------------------------------------------------- train.py runs
+def recipe_config(name: str):
+    """A train.py recipe's options as train.py parses them: its preset with its flags (its UNet changes aside)."""
+    from training.config import parse_config
+
+    recipe = RECIPES[name]
+    return parse_config(["--config", recipe.preset, *recipe.flags])
+
+
 def train_argv(name: str, run_dir: Path, settings: RunSettings) -> list[str]:
     """train.py's arguments for a train.py recipe, less the per-segment ones; a recipe with UNet changes (or a run
     with --model-config) gets its preset written to RUN_DIR/train_preset.yaml with the UNet in unet_config.json."""
     from hf_ddpm import DDPMUNet2DModel
-    from training.config import parse_config
 
     recipe = RECIPES[name]
     preset = recipe.preset
@@ -248,7 +255,7 @@ def train_argv(name: str, run_dir: Path, settings: RunSettings) -> list[str]:
         unet_file.write_text(json.dumps({**base, **(recipe.unet or {})}, indent=1))
         preset_file.write_text(yaml.safe_dump({**options, "model_config_name_or_path": str(unet_file)}))
         preset = str(preset_file)
-    own = parse_config(["--config", preset, *recipe.flags])
+    own = recipe_config(name)
     steps = UNBOUNDED_STEPS if own.lr_scheduler in STEP_FREE_SCHEDULES else own.max_train_steps
     argv = ["--config", preset, "--max_train_steps", str(steps), "--seed", str(settings.seed), *recipe.flags,
             "--train_batch_size", str(settings.batch_size)]
@@ -721,12 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recipe_batch_size(name: str) -> int:
     """The batch a recipe trains at unless told: its flags', else its preset's."""
-    from training.config import load_preset, parse_config
+    from training.config import load_preset
 
     recipe = RECIPES[name]
     if recipe.flags is None:
         return load_preset(recipe.preset)["train_batch_size"]
-    return parse_config(["--config", recipe.preset, *recipe.flags]).train_batch_size
+    return recipe_config(name).train_batch_size
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
