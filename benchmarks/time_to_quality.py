@@ -144,7 +144,7 @@ RECIPES: dict[str, Recipe] = {
                                               "over 3050 steps (600 s on the 2-core AMD EPYC)",
                                               (*FIRST_FAST_CPU, "--dropout", "0", "--lr_scheduler", "cosine",
                                                "--max_train_steps", "3050")),
-    # the settings the sweeps above left unmeasured, one change of the chosen fast_cpu each
+    # the remaining settings, one change of the chosen fast_cpu each
     "fast-cpu-warmup-0": Recipe("fast_cpu without LR warm-up", ("--lr_warmup_steps", "0"), preset="fast_cpu"),
     "fast-cpu-warmup-500": Recipe("fast_cpu with 500 LR warm-up steps", ("--lr_warmup_steps", "500"),
                                   preset="fast_cpu"),
@@ -153,9 +153,13 @@ RECIPES: dict[str, Recipe] = {
     "fast-cpu-no-ema-warmup": Recipe("fast_cpu with EMA 0.999 from the start (no warm-up)", ("--no_ema_warmup",),
                                      preset="fast_cpu"),
     "fast-cpu-v-prediction": Recipe("fast_cpu predicting v", ("--prediction_type", "v_prediction"), preset="fast_cpu"),
-    "fast-cpu-width-24": Recipe("fast_cpu at widths 24/48/48", preset="fast_cpu",
+    # a width changes the step's time, so its cosine spans the steps that fit fast_cpu's 580 s on the 2-core AMD EPYC
+    # (1.31x and 0.59x fast_cpu's steps per second there, timed at batch 32)
+    "fast-cpu-width-24": Recipe("fast_cpu at widths 24/48/48, the LR's cosine over 3900 steps",
+                                ("--max_train_steps", "3900"), preset="fast_cpu",
                                 unet={"block_out_channels": [24, 48, 48], "norm_num_groups": 8}),
-    "fast-cpu-width-48": Recipe("fast_cpu at widths 48/96/96", preset="fast_cpu",
+    "fast-cpu-width-48": Recipe("fast_cpu at widths 48/96/96, the LR's cosine over 1750 steps",
+                                ("--max_train_steps", "1750"), preset="fast_cpu",
                                 unet={"block_out_channels": [48, 96, 96]}),
     # the sweep for a faster default preset: one change of the demo each
     "sweep-lr-5e-4": Recipe("LR 5e-4", ("--learning_rate", "5e-4")),
