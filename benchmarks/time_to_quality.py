@@ -99,6 +99,8 @@ PAPER_OPTIMIZER = ("--learning_rate", "2e-4", "--lr_scheduler", "constant", "--l
 # The first fast_cpu preset, batch 32 and LR 2e-3 on the demo, as the recipes measured against it spell it: they stay
 # what they were when fast_cpu.yaml took the later sweep's changes.
 FIRST_FAST_CPU = ("--train_batch_size", "32", "--learning_rate", "2e-3")
+# The second fast_cpu (the one the third sweep changed) warmed up for 100 steps; fast_cpu.yaml then took 500.
+SECOND_FAST_CPU = ("--lr_warmup_steps", "100")
 DOWN, UP = ("DownBlock2D",) * 3, ("UpBlock2D",) * 3
 RECIPES: dict[str, Recipe] = {
     # the comparison
@@ -128,7 +130,10 @@ RECIPES: dict[str, Recipe] = {
                               ("--loss_type", "hybrid", "--learned_variance")),
     # the sweep's result: the main job's preset
     "fast-cpu": Recipe("training/train.py --config fast_cpu: the main job's preset, the demo at batch 32 and LR 2e-3 "
-                       "decayed to 0 by a cosine over its steps, without dropout", preset="fast_cpu"),
+                       "warmed up for 500 steps and decayed to 0 by a cosine over its steps, without dropout",
+                       preset="fast_cpu"),
+    "fast-cpu-warmup-100": Recipe("the second fast_cpu: today's with 100 LR warm-up steps (the runs recorded as "
+                                  "fast-cpu in benchmarks/records/fast-cpu-v2/)", SECOND_FAST_CPU, preset="fast_cpu"),
     "fast-cpu-bf16": Recipe("the first fast_cpu with bf16 autocast (for CPUs with bf16 units: AVX512-BF16 or AMX); "
                             "the training of sweep-batch-32-lr-2e-3-bf16",
                             (*FIRST_FAST_CPU, "--mixed_precision", "bf16")),
@@ -144,22 +149,24 @@ RECIPES: dict[str, Recipe] = {
                                               "over 3050 steps (600 s on the 2-core AMD EPYC)",
                                               (*FIRST_FAST_CPU, "--dropout", "0", "--lr_scheduler", "cosine",
                                                "--max_train_steps", "3050")),
-    # the remaining settings, one change of the chosen fast_cpu each
-    "fast-cpu-warmup-0": Recipe("fast_cpu without LR warm-up", ("--lr_warmup_steps", "0"), preset="fast_cpu"),
-    "fast-cpu-warmup-500": Recipe("fast_cpu with 500 LR warm-up steps", ("--lr_warmup_steps", "500"),
-                                  preset="fast_cpu"),
-    "fast-cpu-ema-0.99": Recipe("fast_cpu with its EMA decay capped at 0.99", ("--ema_max_decay", "0.99"),
+    # the third sweep: one change of the second fast_cpu each
+    "fast-cpu-warmup-0": Recipe("the second fast_cpu without LR warm-up", ("--lr_warmup_steps", "0"),
                                 preset="fast_cpu"),
-    "fast-cpu-no-ema-warmup": Recipe("fast_cpu with EMA 0.999 from the start (no warm-up)", ("--no_ema_warmup",),
-                                     preset="fast_cpu"),
-    "fast-cpu-v-prediction": Recipe("fast_cpu predicting v", ("--prediction_type", "v_prediction"), preset="fast_cpu"),
+    "fast-cpu-warmup-500": Recipe("the second fast_cpu with 500 LR warm-up steps (today's fast_cpu)",
+                                  ("--lr_warmup_steps", "500"), preset="fast_cpu"),
+    "fast-cpu-ema-0.99": Recipe("the second fast_cpu with its EMA decay capped at 0.99",
+                                (*SECOND_FAST_CPU, "--ema_max_decay", "0.99"), preset="fast_cpu"),
+    "fast-cpu-no-ema-warmup": Recipe("the second fast_cpu with EMA 0.999 from the start (no warm-up)",
+                                     (*SECOND_FAST_CPU, "--no_ema_warmup"), preset="fast_cpu"),
+    "fast-cpu-v-prediction": Recipe("the second fast_cpu predicting v",
+                                    (*SECOND_FAST_CPU, "--prediction_type", "v_prediction"), preset="fast_cpu"),
     # a width changes the step's time, so its cosine spans the steps that fit fast_cpu's 580 s on the 2-core AMD EPYC
     # (1.31x and 0.59x fast_cpu's steps per second there, timed at batch 32)
-    "fast-cpu-width-24": Recipe("fast_cpu at widths 24/48/48, the LR's cosine over 3900 steps",
-                                ("--max_train_steps", "3900"), preset="fast_cpu",
+    "fast-cpu-width-24": Recipe("the second fast_cpu at widths 24/48/48, the LR's cosine over 3900 steps",
+                                (*SECOND_FAST_CPU, "--max_train_steps", "3900"), preset="fast_cpu",
                                 unet={"block_out_channels": [24, 48, 48], "norm_num_groups": 8}),
-    "fast-cpu-width-48": Recipe("fast_cpu at widths 48/96/96, the LR's cosine over 1750 steps",
-                                ("--max_train_steps", "1750"), preset="fast_cpu",
+    "fast-cpu-width-48": Recipe("the second fast_cpu at widths 48/96/96, the LR's cosine over 1750 steps",
+                                (*SECOND_FAST_CPU, "--max_train_steps", "1750"), preset="fast_cpu",
                                 unet={"block_out_channels": [48, 96, 96]}),
     # the sweep for a faster default preset: one change of the demo each
     "sweep-lr-5e-4": Recipe("LR 5e-4", ("--learning_rate", "5e-4")),

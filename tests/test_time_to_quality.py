@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -31,9 +32,14 @@ def settings(recipe: str, **overrides) -> ttq.RunSettings:
                               "evaluation": ttq.EvalSettings(), **overrides})
 
 
-def named_options(flags: tuple[str, ...]) -> set[str]:
-    """The train.py options a list of flags sets (--no_x sets x)."""
-    return {arg[2:].removeprefix("no_") for arg in flags if arg.startswith("--")}
+def named_options(flags: tuple[str, ...], demo_preset: dict) -> set[str]:
+    """The train.py options a list of flags sets (--no_x sets x), less those it sets to the demo preset's own value
+    (a recipe on another preset may set one of that preset's changes back)."""
+    named = set()
+    for arg, value in zip(flags, [*flags[1:], "--"]):
+        if arg.startswith("--") and (value.startswith("--") or yaml.safe_load(value) != demo_preset.get(arg[2:])):
+            named.add(arg[2:].removeprefix("no_"))
+    return named
 
 
 def default_settings(recipe: str, *options: str) -> ttq.RunSettings:
@@ -44,8 +50,9 @@ def default_settings(recipe: str, *options: str) -> ttq.RunSettings:
 def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
     """Parsed and validated by training/config.py (no training), each recipe's default run differs from the demo's
     exactly in the options its flags name and those its own preset sets otherwise (less the ones every run sets: its
-    output, image grids and, with a constant LR, its steps), and, for UNet changes, in the network: built here from
-    its config. A recipe whose LR decays keeps its own steps, so that its schedule ends where it says."""
+    output, image grids and, with a constant LR, its steps, and those a flag sets back to the demo's value), and, for
+    UNet changes, in the network: built here from its config. A recipe whose LR decays keeps its own steps, so that
+    its schedule ends where it says."""
     demo_preset = load_preset(ttq.RECIPES[DEMO].preset)
     demo = ttq.TrainScriptRunner(DEMO, tmp_path, default_settings(DEMO)).config.recorded()
     assert demo["max_train_steps"] == ttq.UNBOUNDED_STEPS and demo["train_batch_size"] == 64
@@ -59,9 +66,10 @@ def test_every_train_recipe_is_the_demo_changed_where_it_says(tmp_path):
         own_preset = load_preset(recipe.preset)
         decays = config.lr_scheduler not in ttq.STEP_FREE_SCHEDULES
         assert (config.max_train_steps < ttq.UNBOUNDED_STEPS) == decays, name
-        expected = named_options(recipe.flags) | (
+        set_back = {arg[2:] for arg in recipe.flags if arg.startswith("--")} - named_options(recipe.flags, demo_preset)
+        expected = named_options(recipe.flags, demo_preset) | (
             {key for key in own_preset.keys() | demo_preset.keys() if own_preset.get(key) != demo_preset.get(key)}
-            - {"output_dir", "save_images_steps"} - (set() if decays else {"max_train_steps"}))
+            - {"output_dir", "save_images_steps"} - (set() if decays else {"max_train_steps"}) - set_back)
         if recipe.unet:
             expected |= {"model_preset", "model_config_name_or_path"}
             unet_config = build_unet_config(config)
